@@ -1,0 +1,163 @@
+// Package api serves the incident view over HTTP with chi: GET /incidents
+// (every employee's document), GET /incidents/{employee_id} and
+// GET /unattributed. It watches INCIDENT_VIEW and serves bytes prepared when
+// the view changed, never computed per request.
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/telemetry"
+	"github.com/incidentpipe/pipeline/internal/topology"
+)
+
+// Options configure the API.
+type Options struct {
+	JS jetstream.JetStream
+	// Metrics serves /metrics; nil serves none.
+	Metrics http.Handler
+	// Health gets the API's readiness check and serves /healthz and /readyz.
+	Health     *telemetry.Health
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// API is the HTTP API.
+type API struct {
+	js      jetstream.JetStream
+	log     *slog.Logger
+	store   *store
+	handler http.Handler
+}
+
+// New returns the API for o; call Run to load and follow the view.
+func New(o Options) (*API, error) {
+	if o.JS == nil {
+		return nil, errors.New("api: JS is required")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	if o.Health == nil {
+		o.Health = &telemetry.Health{}
+	}
+	log := o.Logger.With("stage", topology.StageAPI)
+	m := newMetrics(o.Registerer)
+	a := &API{js: o.JS, log: log, store: newStore(log, m)}
+	o.Health.Add("view", func(context.Context) error {
+		if !a.store.loaded.Load() {
+			return errors.New("the view is not loaded yet")
+		}
+		return nil
+	})
+
+	r := chi.NewRouter()
+	r.Use(m.instrument, middleware.GetHead)
+	r.Get("/healthz", o.Health.Live)
+	r.Get("/readyz", o.Health.Readiness)
+	if o.Metrics != nil {
+		r.Method(http.MethodGet, "/metrics", o.Metrics)
+	}
+	r.Group(func(r chi.Router) {
+		r.Use(dataHeaders)
+		r.Get("/incidents", a.all)
+		r.Get("/incidents/{employee_id}", a.employee)
+		r.Get("/unattributed", a.unattributedList)
+	})
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) { writeError(w, http.StatusNotFound, "not found") })
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
+	})
+	a.handler = r
+	return a, nil
+}
+
+// Handler returns the HTTP handler.
+func (a *API) Handler() http.Handler { return a.handler }
+
+// Run loads the view and follows its changes until ctx ends.
+func (a *API) Run(ctx context.Context) error {
+	a.store.run(ctx, a.js)
+	return nil
+}
+
+func (a *API) all(w http.ResponseWriter, r *http.Request) {
+	serve(w, r, a.store.snap.Load().all)
+}
+
+func (a *API) employee(w http.ResponseWriter, r *http.Request) {
+	b, ok := a.store.snap.Load().employees[chi.URLParam(r, "employee_id")]
+	if !ok {
+		writeError(w, http.StatusNotFound, "no incidents for this employee")
+		return
+	}
+	serve(w, r, b)
+}
+
+func (a *API) unattributedList(w http.ResponseWriter, r *http.Request) {
+	serve(w, r, a.store.snap.Load().unattributed)
+}
+
+// serve writes a prepared body, honouring If-None-Match and gzip.
+func serve(w http.ResponseWriter, r *http.Request, b *body) {
+	h := w.Header()
+	h.Set("ETag", b.etag)
+	h.Add("Vary", "Accept-Encoding")
+	if match := r.Header.Get("If-None-Match"); match != "" && etagMatches(match, b.etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	raw := b.raw
+	if acceptsGzip(r) {
+		raw = b.gzipped()
+		h.Set("Content-Encoding", "gzip")
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(raw)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(raw)
+	}
+}
+
+func etagMatches(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == etag || t == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+// acceptsGzip reports whether the client takes gzip: listed (or "*") with
+// a non-zero quality.
+func acceptsGzip(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		name = strings.TrimSpace(name)
+		if !strings.EqualFold(name, "gzip") && name != "*" {
+			continue
+		}
+		if q, ok := strings.CutPrefix(strings.TrimSpace(params), "q="); ok {
+			if v, err := strconv.ParseFloat(q, 64); err == nil && v == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}

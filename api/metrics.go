@@ -1,0 +1,84 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests         *prometheus.HistogramVec
+	viewEmployees    prometheus.Gauge
+	viewIncidents    *prometheus.GaugeVec
+	viewUnattributed prometheus.Gauge
+	viewUpdated      prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "http_request_duration_seconds",
+			Help:    "Duration of HTTP requests, by route pattern, method and status code.",
+			Buckets: []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
+		}, []string{"route", "method", "code"}),
+		viewEmployees: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "incidents_view_employees",
+			Help: "Employees with at least one incident in the served view.",
+		}),
+		viewIncidents: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "incidents_view_incidents",
+			Help: "Incidents in the served view, by priority.",
+		}, []string{"priority"}),
+		viewUnattributed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "incidents_view_unattributed",
+			Help: "Incidents whose IP no identity covers yet.",
+		}),
+		viewUpdated: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "incidents_view_last_update_timestamp_seconds",
+			Help: "When the served view last changed.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.viewEmployees, m.viewIncidents, m.viewUnattributed, m.viewUpdated)
+	return m
+}
+
+// statusWriter remembers the status code.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.code == 0 {
+		w.code = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.code == 0 {
+		w.code = http.StatusOK
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// instrument records each request under its chi route pattern, never the raw
+// path, so that label values stay bounded.
+func (m *metrics) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		route := "unmatched"
+		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+			route = rc.RoutePattern()
+		}
+		if sw.code == 0 {
+			sw.code = http.StatusOK
+		}
+		m.requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.code)).Observe(time.Since(start).Seconds())
+	})
+}

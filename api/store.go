@@ -1,0 +1,253 @@
+package api
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/view"
+)
+
+// body is a response prepared once: its bytes, its ETag, and a gzip copy
+// made on first demand.
+type body struct {
+	raw  []byte
+	etag string
+	once sync.Once
+	gz   []byte
+}
+
+func newBody(raw []byte) *body {
+	h := fnv.New64a()
+	h.Write(raw)
+	return &body{raw: raw, etag: `"` + strconv.FormatUint(h.Sum64(), 36) + "-" + strconv.Itoa(len(raw)) + `"`}
+}
+
+// gzipped returns the compressed copy, compressing at most once.
+func (b *body) gzipped() []byte {
+	b.once.Do(func() {
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
+		_, _ = zw.Write(b.raw)
+		_ = zw.Close()
+		b.gz = buf.Bytes()
+	})
+	return b.gz
+}
+
+// snapshot is everything the API serves, prepared when the view changed.
+type snapshot struct {
+	all          *body
+	employees    map[string]*body
+	unattributed *body
+}
+
+// store keeps INCIDENT_VIEW in memory and the prepared snapshot current.
+type store struct {
+	log     *slog.Logger
+	metrics *metrics
+	// MinRebuild is the least time between two rebuilds: many changes in a
+	// burst make one rebuild.
+	minRebuild time.Duration
+
+	snap   atomic.Pointer[snapshot]
+	loaded atomic.Bool
+
+	// Owned by the watch loop.
+	employees    map[string]*body
+	counts       map[string][4]int
+	unattributed map[string]*view.Unattributed
+}
+
+func newStore(log *slog.Logger, m *metrics) *store {
+	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond}
+	s.reset()
+	s.snap.Store(&snapshot{all: newBody([]byte("{}")), employees: map[string]*body{}, unattributed: newBody([]byte(`{"count":0,"incidents":[]}`))})
+	return s
+}
+
+func (s *store) reset() {
+	s.employees = map[string]*body{}
+	s.counts = map[string][4]int{}
+	s.unattributed = map[string]*view.Unattributed{}
+}
+
+// run watches the view until ctx ends, starting over if the watch breaks
+// (for instance when an operator deletes and recreates the bucket).
+func (s *store) run(ctx context.Context, js jetstream.JetStream) {
+	for ctx.Err() == nil {
+		err := s.watch(ctx, js)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("watching the view failed; starting over", "error", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
+	kv, err := js.KeyValue(ctx, topology.BucketView)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watching %s: %w", topology.BucketView, err)
+	}
+	defer w.Stop()
+	s.reset()
+	initial := true
+	var last time.Time
+	for {
+		var e jetstream.KeyValueEntry
+		var ok bool
+		select {
+		case <-ctx.Done():
+			return nil
+		case e, ok = <-w.Updates():
+		}
+		if !ok {
+			return errors.New("watcher closed")
+		}
+		if e == nil {
+			initial = false
+			s.rebuild()
+			s.loaded.Store(true)
+			last = time.Now()
+			continue
+		}
+		s.apply(e)
+		if initial {
+			continue
+		}
+		// Coalesce: take what else is waiting, then rebuild once.
+		wait := time.NewTimer(max(0, s.minRebuild-time.Since(last)))
+	drain:
+		for {
+			select {
+			case e, ok = <-w.Updates():
+				if !ok {
+					wait.Stop()
+					return errors.New("watcher closed")
+				}
+				if e != nil {
+					s.apply(e)
+				}
+			case <-wait.C:
+				break drain
+			case <-ctx.Done():
+				wait.Stop()
+				return nil
+			}
+		}
+		s.rebuild()
+		last = time.Now()
+	}
+}
+
+// apply takes one change of the bucket.
+func (s *store) apply(e jetstream.KeyValueEntry) {
+	key := e.Key()
+	deleted := e.Operation() != jetstream.KeyValuePut
+	if strings.HasPrefix(key, topology.UnattributedPrefix) {
+		if deleted {
+			delete(s.unattributed, key)
+			return
+		}
+		doc, err := view.ParseUnattributed(e.Value())
+		if err != nil {
+			s.log.Error("unreadable unattributed document in the view; skipped", "key", key, "error", err)
+			return
+		}
+		s.unattributed[key] = doc
+		return
+	}
+	if deleted {
+		delete(s.employees, key)
+		delete(s.counts, key)
+		return
+	}
+	var counts struct {
+		Low, Medium, High, Critical struct{ Count int }
+	}
+	if err := json.Unmarshal(e.Value(), &counts); err != nil {
+		s.log.Error("unreadable employee document in the view; skipped", "key", key, "error", err)
+		return
+	}
+	s.employees[key] = newBody(e.Value())
+	s.counts[key] = [4]int{counts.Low.Count, counts.Medium.Count, counts.High.Count, counts.Critical.Count}
+}
+
+// rebuild prepares a new snapshot from the current documents.
+func (s *store) rebuild() {
+	keys := make([]string, 0, len(s.employees))
+	size := 2
+	for k, b := range s.employees {
+		keys = append(keys, k)
+		size += len(k) + len(b.raw) + 4
+	}
+	slices.SortFunc(keys, compareEmployeeIDs)
+	var buf bytes.Buffer
+	buf.Grow(size)
+	buf.WriteByte('{')
+	employees := make(map[string]*body, len(keys))
+	for i, k := range keys {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		buf.WriteString(strconv.Quote(k))
+		buf.WriteByte(':')
+		buf.Write(s.employees[k].raw)
+		employees[k] = s.employees[k]
+	}
+	buf.WriteByte('}')
+	docs := make([]*view.Unattributed, 0, len(s.unattributed))
+	unattributedCount := 0
+	for _, d := range s.unattributed {
+		docs = append(docs, d)
+		unattributedCount += len(d.Incidents)
+	}
+	s.snap.Store(&snapshot{
+		all:          newBody(buf.Bytes()),
+		employees:    employees,
+		unattributed: newBody(view.MergeUnattributed(docs)),
+	})
+	var totals [4]int
+	for _, c := range s.counts {
+		for i := range totals {
+			totals[i] += c[i]
+		}
+	}
+	s.metrics.viewEmployees.Set(float64(len(keys)))
+	for i, p := range incident.Priorities() {
+		s.metrics.viewIncidents.WithLabelValues(string(p)).Set(float64(totals[i]))
+	}
+	s.metrics.viewUnattributed.Set(float64(unattributedCount))
+	s.metrics.viewUpdated.SetToCurrentTime()
+}
+
+// compareEmployeeIDs orders numeric ids by value, others after them.
+func compareEmployeeIDs(a, b string) int {
+	if len(a) != len(b) {
+		return len(a) - len(b)
+	}
+	return strings.Compare(a, b)
+}

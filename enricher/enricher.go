@@ -1,0 +1,260 @@
+// Package enricher attributes every raw incident to an employee: directly
+// when the incident names one, or through the IDENTITIES bucket when it names
+// an IP. It reads INCIDENTS_RAW with the durable consumer "enricher" and
+// publishes to INCIDENTS_ENRICHED, acknowledging a raw incident only once
+// its enriched copy is stored. Invalid incidents go to INCIDENTS_DLQ.
+//
+// An incident whose IP no identity covers is published unattributed, on
+// incidents.enriched.unattributed.<ip>. When the identity appears, the
+// enricher publishes a resolution on the same subject (the envelope with
+// employee_id set, header Incident-Reattributed), which moves the incident
+// to the employee. An incident once attributed stays with that employee even
+// if its IP is later assigned to someone else.
+package enricher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/dlq"
+	"github.com/incidentpipe/pipeline/internal/envelope"
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/topology"
+)
+
+// Options configure an Enricher.
+type Options struct {
+	JS jetstream.JetStream
+	// Batch is how many raw incidents are fetched at once (default 500).
+	Batch      int
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Enricher is one copy of the enrichment stage; several may run at once.
+type Enricher struct {
+	js      jetstream.JetStream
+	batch   int
+	log     *slog.Logger
+	metrics *metrics
+	ids     *identities
+	dlq     dlq.Publisher
+}
+
+// New returns an enricher for o.
+func New(o Options) (*Enricher, error) {
+	if o.JS == nil {
+		return nil, errors.New("enricher: JS is required")
+	}
+	if o.Batch <= 0 {
+		o.Batch = 500
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	return &Enricher{
+		js:      o.JS,
+		batch:   o.Batch,
+		log:     o.Logger.With("stage", topology.StageEnricher),
+		metrics: newMetrics(o.Registerer),
+		ids:     newIdentities(),
+		dlq:     dlq.Publisher{JS: o.JS, Stage: topology.StageEnricher},
+	}, nil
+}
+
+// Run loads the identities, then enriches raw incidents until ctx ends. It
+// also attributes pending incidents as their identities appear.
+func (e *Enricher) Run(ctx context.Context) error {
+	kv, err := e.js.KeyValue(ctx, topology.BucketIdentities)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", topology.BucketIdentities, err)
+	}
+	appeared := make(chan struct{}, 1)
+	watchErr := make(chan error, 1)
+	loaded := make(chan struct{})
+	go func() { watchErr <- e.ids.watch(ctx, kv, loaded, appeared) }()
+	select {
+	case <-loaded:
+	case err := <-watchErr:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+	e.log.Info("identities loaded", "count", e.ids.len())
+
+	cons, err := topology.EnsureConsumer(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer())
+	if err != nil {
+		return err
+	}
+	go e.resolveLoop(ctx, appeared)
+	for ctx.Err() == nil {
+		select {
+		case err := <-watchErr:
+			if ctx.Err() == nil {
+				return fmt.Errorf("watching identities: %w", err)
+			}
+		default:
+		}
+		batch, err := cons.Fetch(e.batch, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			e.log.Warn("fetching raw incidents failed", "error", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		e.handleBatch(ctx, msgs)
+	}
+	return nil
+}
+
+// job is one raw incident in flight.
+type job struct {
+	msg     jetstream.Msg
+	futures []jetstream.PubAckFuture
+	err     error
+}
+
+// handleBatch enriches a batch: all publishes go out asynchronously, then
+// each raw message is acked once its publishes are acknowledged.
+func (e *Enricher) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
+	jobs := make([]job, len(msgs))
+	for i, m := range msgs {
+		jobs[i] = job{msg: m}
+		jobs[i].futures, jobs[i].err = e.enrich(ctx, m)
+	}
+	for _, j := range jobs {
+		err := j.err
+		for _, f := range j.futures {
+			select {
+			case <-f.Ok():
+			case perr := <-f.Err():
+				err = errors.Join(err, perr)
+			case <-ctx.Done():
+				return // unacked messages are redelivered
+			}
+		}
+		if err != nil {
+			e.log.Warn("enriching failed; will retry", "subject", j.msg.Subject(), "error", err)
+			_ = j.msg.NakWithDelay(2 * time.Second)
+			continue
+		}
+		_ = j.msg.Ack()
+	}
+	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
+		e.metrics.pending.Set(float64(md.NumPending))
+	}
+}
+
+// enrich starts the publishes of one raw incident. An invalid incident is
+// dead-lettered (synchronously) and returns no futures.
+func (e *Enricher) enrich(ctx context.Context, m jetstream.Msg) ([]jetstream.PubAckFuture, error) {
+	t, err := topology.TypeOfRawSubject(m.Subject())
+	var in incident.Incident
+	if err != nil {
+		err = &incident.InvalidError{Reason: incident.ReasonUnknownType, Detail: err.Error()}
+	} else {
+		in, err = incident.Decode(t, m.Data())
+	}
+	if err != nil {
+		id := m.Headers().Get(topology.HeaderMsgID)
+		if id == "" {
+			id = incident.ID(t, m.Data())
+		}
+		letter := dlq.Letter{Type: string(t), ID: id, Subject: m.Subject(), Data: m.Data(), Err: err}
+		if err := e.dlq.Publish(ctx, letter); err != nil {
+			return nil, err
+		}
+		e.metrics.dlq.WithLabelValues(topology.StageEnricher, letter.Reason()).Inc()
+		e.log.Warn("invalid incident dead-lettered", "type", t, "id", id, "reason", letter.Reason(), "error", err)
+		return nil, nil
+	}
+	env := envelope.Enriched{ID: in.ID, Type: t, Incident: m.Data()}
+	if !in.Identity.IsIP() {
+		env.EmployeeID = in.Identity.EmployeeID
+		e.metrics.enriched.WithLabelValues(string(t), "attributed").Inc()
+		f, err := e.publish(env, false)
+		return []jetstream.PubAckFuture{f}, err
+	}
+	env.IP = in.Identity.IP.String()
+	if emp, ok := e.ids.lookup(in.Identity.IP); ok {
+		env.EmployeeID = emp
+		e.metrics.enriched.WithLabelValues(string(t), "attributed").Inc()
+		f, err := e.publish(env, false)
+		return []jetstream.PubAckFuture{f}, err
+	}
+	e.metrics.enriched.WithLabelValues(string(t), "unattributed").Inc()
+	f, err := e.publish(env, false)
+	if err != nil {
+		return nil, err
+	}
+	futures := []jetstream.PubAckFuture{f}
+	// The identity may have appeared while this was in flight, after the
+	// resolver scanned for it: resolve here too; the message id dedups.
+	if emp, ok := e.ids.lookup(in.Identity.IP); ok {
+		env.EmployeeID = emp
+		f, err := e.publish(env, true)
+		if err != nil {
+			return futures, err
+		}
+		futures = append(futures, f)
+	}
+	return futures, nil
+}
+
+// publish sends an enriched incident: attributed to its employee's subject,
+// unattributed (and resolutions of unattributed ones) to its IP's subject.
+func (e *Enricher) publish(env envelope.Enriched, resolution bool) (jetstream.PubAckFuture, error) {
+	data, err := env.Encode()
+	if err != nil {
+		return nil, err
+	}
+	var msg *nats.Msg
+	switch {
+	case resolution:
+		ip, _ := env.Addr()
+		msg = nats.NewMsg(topology.UnattributedSubject(ip))
+		msg.Header.Set(topology.HeaderMsgID, env.ID+".resolved")
+		msg.Header.Set(topology.HeaderReattributed, "true")
+	case env.EmployeeID == "":
+		ip, _ := env.Addr()
+		msg = nats.NewMsg(topology.UnattributedSubject(ip))
+		msg.Header.Set(topology.HeaderMsgID, env.ID+".unattributed")
+	default:
+		msg = nats.NewMsg(topology.EnrichedSubject(env.EmployeeID))
+		msg.Header.Set(topology.HeaderMsgID, env.ID+"."+env.EmployeeID)
+	}
+	msg.Data = data
+	f, err := e.js.PublishMsgAsync(msg)
+	if err != nil {
+		return nil, fmt.Errorf("publishing enriched incident %s: %w", env.ID, err)
+	}
+	return f, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

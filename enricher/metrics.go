@@ -1,0 +1,32 @@
+package enricher
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/telemetry"
+	"github.com/incidentpipe/pipeline/internal/topology"
+)
+
+type metrics struct {
+	enriched     *prometheus.CounterVec
+	reattributed prometheus.Counter
+	dlq          *prometheus.CounterVec
+	pending      prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		enriched: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "incidents_enriched_total",
+			Help: "Raw incidents enriched, by type and outcome (attributed, unattributed).",
+		}, []string{"type", "outcome"}),
+		reattributed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "incidents_reattributed_total",
+			Help: "Unattributed incidents attributed after their identity appeared.",
+		}),
+		dlq:     telemetry.NewDLQCounter(reg),
+		pending: telemetry.NewPendingGauge(reg, topology.ConsumerEnricher),
+	}
+	reg.MustRegister(m.enriched, m.reattributed)
+	return m
+}

@@ -1,0 +1,181 @@
+// Package config loads the pipeline's configuration from the environment,
+// with command-line flags of the same meaning taking precedence.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/incidentpipe/pipeline/internal/topology"
+)
+
+// Secret is a credential. It never prints: not in logs, errors or %v.
+type Secret string
+
+// String hides the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// LogValue hides the secret from slog.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// GoString hides the secret from %#v.
+func (s Secret) GoString() string { return s.String() }
+
+// Reveal returns the secret itself, for the one place that sends it.
+func (s Secret) Reveal() string { return string(s) }
+
+// Config is every setting of every binary; each uses what it needs.
+type Config struct {
+	NATSURL      string // empty in standalone: embedded server
+	NATSListen   string // embedded server's client address
+	NATSUser     string
+	NATSPassword Secret
+	NATSCreds    string // path of a NATS credentials file
+	DataDir      string
+
+	UpstreamURL      string // empty in standalone: built-in simulator
+	UpstreamUser     string
+	UpstreamPassword Secret
+	UpstreamTimeout  time.Duration
+	UpstreamMaxBody  int64
+	PollInterval     time.Duration
+
+	APIAddr     string
+	MetricsAddr string
+	LogFormat   string
+	LogLevel    string
+
+	Topology topology.Options
+}
+
+// setting is one configuration entry: its variable, flag, default and help.
+type setting struct {
+	env, def, help string
+	set            func(c *Config, v string) error
+}
+
+func settings() []setting {
+	str := func(dst func(*Config) *string) func(*Config, string) error {
+		return func(c *Config, v string) error { *dst(c) = v; return nil }
+	}
+	dur := func(dst func(*Config) *time.Duration) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return err
+			}
+			if d < 0 {
+				return errors.New("must not be negative")
+			}
+			*dst(c) = d
+			return nil
+		}
+	}
+	return []setting{
+		{"NATS_URL", "", "NATS server URL; empty in standalone starts an embedded server", str(func(c *Config) *string { return &c.NATSURL })},
+		{"NATS_LISTEN", "127.0.0.1:4222", "embedded NATS server client address (standalone)", str(func(c *Config) *string { return &c.NATSListen })},
+		{"NATS_USER", "", "NATS user name", str(func(c *Config) *string { return &c.NATSUser })},
+		{"NATS_PASSWORD", "", "NATS password (or NATS_PASSWORD_FILE)", func(c *Config, v string) error { c.NATSPassword = Secret(v); return nil }},
+		{"NATS_CREDS", "", "NATS credentials file", str(func(c *Config) *string { return &c.NATSCreds })},
+		{"NATS_REPLICAS", "1", "replicas of every stream and bucket", func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 5 {
+				return errors.New("must be a whole number from 1 to 5")
+			}
+			c.Topology.Replicas = n
+			return nil
+		}},
+		{"DATA_DIR", "./data", "JetStream storage of the embedded server (standalone)", str(func(c *Config) *string { return &c.DataDir })},
+		{"UPSTREAM_URL", "", "upstream incident API; empty in standalone runs the built-in simulator", str(func(c *Config) *string { return &c.UpstreamURL })},
+		{"UPSTREAM_USER", "", "upstream basic-auth user (or UPSTREAM_USER_FILE)", str(func(c *Config) *string { return &c.UpstreamUser })},
+		{"UPSTREAM_PASSWORD", "", "upstream basic-auth password (or UPSTREAM_PASSWORD_FILE)", func(c *Config, v string) error { c.UpstreamPassword = Secret(v); return nil }},
+		{"UPSTREAM_TIMEOUT", "30s", "timeout of one upstream request", dur(func(c *Config) *time.Duration { return &c.UpstreamTimeout })},
+		{"UPSTREAM_MAX_BODY", "67108864", "largest upstream response body accepted, in bytes", func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 1024 {
+				return errors.New("must be a number of bytes, at least 1024")
+			}
+			c.UpstreamMaxBody = n
+			return nil
+		}},
+		{"POLL_INTERVAL", "1m", "how often each incident type and the identities are polled", dur(func(c *Config) *time.Duration { return &c.PollInterval })},
+		{"API_ADDR", ":9000", "address of the HTTP API (and /metrics in standalone)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"METRICS_ADDR", ":9100", "address of /metrics, /healthz and /readyz of the non-API binaries", str(func(c *Config) *string { return &c.MetricsAddr })},
+		{"LOG_FORMAT", "json", "log format: json or text", str(func(c *Config) *string { return &c.LogFormat })},
+		{"LOG_LEVEL", "info", "log level: debug, info, warn, error", str(func(c *Config) *string { return &c.LogLevel })},
+		{"RAW_MAX_AGE", "0s", "how long INCIDENTS_RAW keeps incidents (0: forever, so the view can always be rebuilt)", dur(func(c *Config) *time.Duration { return &c.Topology.RawMaxAge })},
+		{"ENRICHED_MAX_AGE", "0s", "how long INCIDENTS_ENRICHED keeps incidents (0: forever)", dur(func(c *Config) *time.Duration { return &c.Topology.EnrichedMaxAge })},
+		{"DLQ_MAX_AGE", "720h", "how long INCIDENTS_DLQ keeps what failed", dur(func(c *Config) *time.Duration { return &c.Topology.DLQMaxAge })},
+	}
+}
+
+// hasFileVariant reports whether env may instead be read from env_FILE.
+func hasFileVariant(env string) bool {
+	return env == "UPSTREAM_USER" || env == "UPSTREAM_PASSWORD" || env == "NATS_PASSWORD"
+}
+
+// flagName turns NATS_URL into nats-url.
+func flagName(env string) string { return strings.ToLower(strings.ReplaceAll(env, "_", "-")) }
+
+// Load reads the configuration: defaults, then the environment (getenv),
+// then VAR_FILE for secrets, then flags in args.
+func Load(name string, args []string, getenv func(string) string) (Config, error) {
+	c := Config{Topology: topology.DefaultOptions()}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	values := map[string]*string{}
+	for _, s := range settings() {
+		v := getenv(s.env)
+		if v == "" && hasFileVariant(s.env) {
+			if path := getenv(s.env + "_FILE"); path != "" {
+				b, err := os.ReadFile(path)
+				if err != nil {
+					return Config{}, fmt.Errorf("reading %s_FILE: %w", s.env, err)
+				}
+				v = strings.TrimRight(string(b), "\r\n")
+			}
+		}
+		if v == "" {
+			v = s.def
+		}
+		values[s.env] = fs.String(flagName(s.env), v, s.help+" ($"+s.env+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	for _, s := range settings() {
+		if err := s.set(&c, *values[s.env]); err != nil {
+			return Config{}, fmt.Errorf("%s: %w", s.env, err)
+		}
+	}
+	if c.UpstreamTimeout <= 0 {
+		return Config{}, errors.New("UPSTREAM_TIMEOUT: must be positive")
+	}
+	if c.PollInterval < time.Second {
+		return Config{}, errors.New("POLL_INTERVAL: must be at least 1s")
+	}
+	return c, nil
+}
+
+// Variables lists every environment variable Load reads, with its help,
+// for documentation and tests.
+func Variables() map[string]string {
+	m := map[string]string{}
+	for _, s := range settings() {
+		m[s.env] = s.help
+		if hasFileVariant(s.env) {
+			m[s.env+"_FILE"] = "file holding " + s.env
+		}
+	}
+	return m
+}

@@ -1,0 +1,242 @@
+package incident
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+)
+
+// Reason is why an incident is invalid: a short, stable token used as the DLQ
+// reason header and as a metric label.
+type Reason string
+
+// Reasons an incident is refused.
+const (
+	ReasonInvalidJSON      Reason = "invalid_json"
+	ReasonNotObject        Reason = "not_object"
+	ReasonUnknownPriority  Reason = "unknown_priority"
+	ReasonMissingTimestamp Reason = "missing_timestamp"
+	ReasonInvalidTimestamp Reason = "invalid_timestamp"
+	ReasonMissingIdentity  Reason = "missing_identity"
+	ReasonInvalidIdentity  Reason = "invalid_identity"
+	ReasonUnknownType      Reason = "unknown_type"
+	ReasonInvalidEnvelope  Reason = "invalid_envelope"
+)
+
+// InvalidError is returned for an incident that cannot be processed.
+type InvalidError struct {
+	Reason Reason
+	Detail string
+}
+
+func (e *InvalidError) Error() string { return string(e.Reason) + ": " + e.Detail }
+
+// ReasonOf returns the Reason of an InvalidError in err's chain, or "" if none.
+func ReasonOf(err error) Reason {
+	var ie *InvalidError
+	if errors.As(err, &ie) {
+		return ie.Reason
+	}
+	return ""
+}
+
+func invalid(r Reason, format string, args ...any) error {
+	return &InvalidError{Reason: r, Detail: fmt.Sprintf(format, args...)}
+}
+
+// Field is one top-level member of an incident object, its value kept as the
+// exact bytes received.
+type Field struct {
+	Key   string
+	Value json.RawMessage
+}
+
+// Incident is one upstream incident, validated, with its original fields kept
+// byte for byte so that unknown fields and number formats survive.
+type Incident struct {
+	Type      Type
+	ID        string
+	Priority  Priority
+	Timestamp Timestamp
+	Identity  Identity
+	Fields    []Field // in upstream order; never contains "type"
+}
+
+// Decode parses and validates one upstream incident of type t.
+// The error is an *InvalidError saying why the incident is refused.
+func Decode(t Type, raw []byte) (Incident, error) {
+	if _, err := ParseType(string(t)); err != nil {
+		return Incident{}, invalid(ReasonUnknownType, "%v", err)
+	}
+	fields, err := objectFields(raw)
+	if err != nil {
+		return Incident{}, err
+	}
+	in := Incident{Type: t, Fields: fields}
+	idField, kind := t.IdentityField()
+	var havePriority, haveTimestamp, haveIdentity bool
+	for _, f := range fields {
+		switch f.Key {
+		case "priority":
+			var p string
+			if json.Unmarshal(f.Value, &p) != nil || Priority(p).Index() < 0 {
+				return Incident{}, invalid(ReasonUnknownPriority, "priority %s is not one of low, medium, high, critical", truncate(string(f.Value)))
+			}
+			in.Priority, havePriority = Priority(p), true
+		case "timestamp":
+			ts, err := ParseTimestamp(f.Value)
+			if err != nil {
+				return Incident{}, invalid(ReasonInvalidTimestamp, "%v", err)
+			}
+			in.Timestamp, haveTimestamp = ts, true
+		}
+		if f.Key == idField {
+			if string(f.Value) == "null" {
+				continue
+			}
+			id, err := parseIdentity(f.Value, kind)
+			if err != nil {
+				return Incident{}, invalid(ReasonInvalidIdentity, "%s: %v", idField, err)
+			}
+			in.Identity, haveIdentity = id, true
+		}
+	}
+	switch {
+	case !havePriority:
+		return Incident{}, invalid(ReasonUnknownPriority, "priority is missing")
+	case !haveTimestamp:
+		return Incident{}, invalid(ReasonMissingTimestamp, "timestamp is missing")
+	case !haveIdentity:
+		return Incident{}, invalid(ReasonMissingIdentity, "%s is missing", idField)
+	}
+	in.ID = idOfFields(t, fields)
+	return in, nil
+}
+
+// objectFields splits a JSON object into its top-level members, dropping any
+// upstream "type" member: the view's "type" is always the incident type.
+func objectFields(raw []byte) ([]Field, error) {
+	raw = bytes.TrimSpace(raw)
+	if !json.Valid(raw) {
+		return nil, invalid(ReasonInvalidJSON, "incident is not valid JSON")
+	}
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, invalid(ReasonNotObject, "incident is not a JSON object: %s", truncate(string(raw)))
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if _, err := dec.Token(); err != nil { // '{'
+		return nil, invalid(ReasonInvalidJSON, "%v", err)
+	}
+	var fields []Field
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, invalid(ReasonInvalidJSON, "%v", err)
+		}
+		key, _ := tok.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, invalid(ReasonInvalidJSON, "%v", err)
+		}
+		if key == "type" {
+			continue
+		}
+		fields = append(fields, Field{Key: key, Value: v})
+	}
+	return fields, nil
+}
+
+// ViewJSON returns the incident as the view shows it: "type" first, then the
+// upstream members in their order with their values unchanged (compacted).
+func (in Incident) ViewJSON() []byte {
+	return viewJSON(in.Type, in.Fields)
+}
+
+func viewJSON(t Type, fields []Field) []byte {
+	var b bytes.Buffer
+	b.WriteString(`{"type":`)
+	writeString(&b, string(t))
+	for _, f := range fields {
+		b.WriteByte(',')
+		writeString(&b, f.Key)
+		b.WriteByte(':')
+		if err := json.Compact(&b, f.Value); err != nil {
+			b.Write(f.Value) // already validated; never reached
+		}
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// writeString writes s as a JSON string without HTML escaping.
+func writeString(b *bytes.Buffer, s string) {
+	enc := json.NewEncoder(b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	b.Truncate(b.Len() - 1) // Encode appends a newline
+}
+
+// Timestamp is an incident timestamp: the JSON number exactly as received,
+// and its value for ordering.
+type Timestamp struct {
+	Literal string
+	Value   float64
+}
+
+// ParseTimestamp accepts a finite JSON number.
+func ParseTimestamp(raw []byte) (Timestamp, error) {
+	raw = bytes.TrimSpace(raw)
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return Timestamp{}, fmt.Errorf("timestamp is not JSON: %w", err)
+	}
+	n, ok := v.(json.Number)
+	if !ok {
+		return Timestamp{}, fmt.Errorf("timestamp %s is not a number", truncate(string(raw)))
+	}
+	f, err := strconv.ParseFloat(string(n), 64)
+	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+		return Timestamp{}, fmt.Errorf("timestamp %s is out of range", truncate(string(n)))
+	}
+	return Timestamp{Literal: string(n), Value: f}, nil
+}
+
+// Compare orders timestamps by value; it returns -1, 0 or +1.
+func (a Timestamp) Compare(b Timestamp) int {
+	switch {
+	case a.Value < b.Value:
+		return -1
+	case a.Value > b.Value:
+		return 1
+	}
+	return 0
+}
+
+// DecodeResults splits a {"results": [...]} page into its raw incidents,
+// each kept as the exact bytes received, plus the page's "next" link.
+func DecodeResults(body []byte) (items []json.RawMessage, next string, err error) {
+	var page struct {
+		Results *[]json.RawMessage `json:"results"`
+		Next    *string            `json:"next"`
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&page); err != nil {
+		return nil, "", fmt.Errorf("decoding incidents page: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, "", errors.New("decoding incidents page: trailing data after the JSON document")
+	}
+	if page.Results == nil {
+		return nil, "", errors.New(`decoding incidents page: no "results" array`)
+	}
+	if page.Next != nil {
+		next = *page.Next
+	}
+	return *page.Results, next, nil
+}

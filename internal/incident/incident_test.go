@@ -1,0 +1,180 @@
+package incident
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+)
+
+func TestDecodeIdentityPerType(t *testing.T) {
+	tests := []struct {
+		name     string
+		typ      Type
+		raw      string
+		employee string
+		ip       string
+		reason   Reason
+	}{
+		{"denial reported_by", Denial, `{"priority":"low","reported_by":325375,"timestamp":1.5,"source_ip":"1.2.3.4"}`, "325375", "", ""},
+		{"denial ignores source_ip", Denial, `{"priority":"low","timestamp":1.5,"source_ip":"1.2.3.4"}`, "", "", ReasonMissingIdentity},
+		{"intrusion internal_ip", Intrusion, `{"priority":"high","internal_ip":"17.1.2.3","source_ip":"9.9.9.9","timestamp":1}`, "", "17.1.2.3", ""},
+		{"executable machine_ip", Executable, `{"priority":"high","machine_ip":"17.1.2.4","timestamp":1}`, "", "17.1.2.4", ""},
+		{"misuse employee_id", Misuse, `{"priority":"medium","employee_id":42,"timestamp":1}`, "42", "", ""},
+		{"unauthorized employee_id string", Unauthorized, `{"priority":"medium","employee_id":"0042","timestamp":1}`, "42", "", ""},
+		{"probing ip", Probing, `{"priority":"critical","ip":"17.0.0.1","timestamp":1}`, "", "17.0.0.1", ""},
+		{"probing ipv6", Probing, `{"priority":"critical","ip":"2001:DB8::1","timestamp":1}`, "", "2001:db8::1", ""},
+		{"probing mapped v4", Probing, `{"priority":"critical","ip":"::ffff:17.0.0.1","timestamp":1}`, "", "17.0.0.1", ""},
+		{"other number", Other, `{"priority":"low","identifier":1223,"timestamp":1}`, "1223", "", ""},
+		{"other digit string", Other, `{"priority":"low","identifier":"1223","timestamp":1}`, "1223", "", ""},
+		{"other ip", Other, `{"priority":"low","identifier":"17.24.153.5","timestamp":1}`, "", "17.24.153.5", ""},
+		{"other neither", Other, `{"priority":"low","identifier":"bob","timestamp":1}`, "", "", ReasonInvalidIdentity},
+		{"ip field with number", Probing, `{"priority":"low","ip":17,"timestamp":1}`, "", "", ReasonInvalidIdentity},
+		{"employee field with ip", Misuse, `{"priority":"low","employee_id":"1.2.3.4","timestamp":1}`, "", "", ReasonInvalidIdentity},
+		{"employee id float", Misuse, `{"priority":"low","employee_id":4.5,"timestamp":1}`, "", "", ReasonInvalidIdentity},
+		{"negative employee id", Misuse, `{"priority":"low","employee_id":-4,"timestamp":1}`, "", "", ReasonInvalidIdentity},
+		{"null identity", Misuse, `{"priority":"low","employee_id":null,"timestamp":1}`, "", "", ReasonMissingIdentity},
+		{"unknown priority", Misuse, `{"priority":"urgent","employee_id":1,"timestamp":1}`, "", "", ReasonUnknownPriority},
+		{"missing priority", Misuse, `{"employee_id":1,"timestamp":1}`, "", "", ReasonUnknownPriority},
+		{"missing timestamp", Misuse, `{"priority":"low","employee_id":1}`, "", "", ReasonMissingTimestamp},
+		{"string timestamp", Misuse, `{"priority":"low","employee_id":1,"timestamp":"yesterday"}`, "", "", ReasonInvalidTimestamp},
+		{"huge timestamp", Misuse, `{"priority":"low","employee_id":1,"timestamp":1e999}`, "", "", ReasonInvalidTimestamp},
+		{"not an object", Misuse, `[1,2]`, "", "", ReasonNotObject},
+		{"not json", Misuse, `{"priority":`, "", "", ReasonInvalidJSON},
+		{"unknown type", Type("phishing"), `{}`, "", "", ReasonUnknownType},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in, err := Decode(tt.typ, []byte(tt.raw))
+			if tt.reason != "" {
+				if got := ReasonOf(err); got != tt.reason {
+					t.Fatalf("reason = %q (err %v), want %q", got, err, tt.reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Decode: %v", err)
+			}
+			if in.Identity.EmployeeID != tt.employee {
+				t.Errorf("employee = %q, want %q", in.Identity.EmployeeID, tt.employee)
+			}
+			gotIP := ""
+			if in.Identity.IsIP() {
+				gotIP = in.Identity.IP.String()
+			}
+			if gotIP != tt.ip {
+				t.Errorf("ip = %q, want %q", gotIP, tt.ip)
+			}
+		})
+	}
+}
+
+func TestIDIsCanonical(t *testing.T) {
+	a := `{"priority":"low","employee_id":1,"timestamp":1629254311.8207245}`
+	same := []string{
+		`{"timestamp":1629254311.8207245, "employee_id":1, "priority":"low"}`,
+		"{\n \"priority\": \"low\",\n \"employee_id\": 1,\n \"timestamp\": 1629254311.82072450\n}",
+		`{"priority":"\u006cow","employee_id":1,"timestamp":1629254311.8207245}`,
+	}
+	different := []string{
+		`{"priority":"low","employee_id":2,"timestamp":1629254311.8207245}`,
+		`{"priority":"low","employee_id":1,"timestamp":1629254311.8207246}`,
+		`{"priority":"low","employee_id":"1","timestamp":1629254311.8207245}`,
+		`{"priority":"low","employee_id":1,"timestamp":1629254311.8207245,"extra":null}`,
+	}
+	want := ID(Misuse, []byte(a))
+	for _, s := range same {
+		if got := ID(Misuse, []byte(s)); got != want {
+			t.Errorf("ID(%s) = %s, want %s", s, got, want)
+		}
+	}
+	for _, s := range different {
+		if got := ID(Misuse, []byte(s)); got == want {
+			t.Errorf("ID(%s) equals ID of a different incident", s)
+		}
+	}
+	if ID(Unauthorized, []byte(a)) == want {
+		t.Error("same content of another type has the same id")
+	}
+	if ID(Misuse, []byte("not json")) == ID(Misuse, []byte("not json!")) {
+		t.Error("invalid incidents with different bytes share an id")
+	}
+}
+
+func TestViewJSONKeepsValuesAndID(t *testing.T) {
+	raw := `{"priority":"high","employee_id":7,"timestamp":1629254311.8207245000,"big":12345678901234567890,` +
+		`"nested":{"b":[1, 2.50],"a":"é\u00e9<>"},"type":"spoof"}`
+	in, err := Decode(Misuse, []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := in.ViewJSON()
+	want := `{"type":"misuse","priority":"high","employee_id":7,"timestamp":1629254311.8207245000,"big":12345678901234567890,` +
+		`"nested":{"b":[1,2.50],"a":"é\u00e9<>"}}`
+	if string(view) != want {
+		t.Fatalf("ViewJSON =\n%s\nwant\n%s", view, want)
+	}
+	if !json.Valid(view) {
+		t.Fatal("view is not valid JSON")
+	}
+	id, err := ViewID(view)
+	if err != nil || id != in.ID {
+		t.Fatalf("ViewID = %q, %v; want %q", id, err, in.ID)
+	}
+}
+
+func TestTimestampCompare(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want int
+	}{
+		{"1", "2", -1},
+		{"2.5", "2.50", 0},
+		{"1629254311.8207245", "1629254311.8207245", 0},
+		{"1629254311", "1629254311.5", -1},
+		{"-1", "0", -1},
+		{"1e3", "999", 1},
+	}
+	for _, tt := range tests {
+		a, err1 := ParseTimestamp([]byte(tt.a))
+		b, err2 := ParseTimestamp([]byte(tt.b))
+		if err := errors.Join(err1, err2); err != nil {
+			t.Fatal(err)
+		}
+		if got := a.Compare(b); got != tt.want {
+			t.Errorf("Compare(%s, %s) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+func TestIPKeyRoundTrip(t *testing.T) {
+	for _, s := range []string{"17.1.2.3", "2001:db8::1", "fe80::1%eth0", "::1", "::ffff:10.1.2.3"} {
+		ip, err := ParseIP(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := IPKey(ip)
+		for _, c := range key {
+			ok := c == '-' || c == '_' || c == '.' || c == '=' || c == '/' ||
+				(c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+			if !ok {
+				t.Fatalf("IPKey(%s) = %q has %q, not allowed in a KV key", s, key, c)
+			}
+		}
+		back, err := ParseIPKey(key)
+		if err != nil || back != ip {
+			t.Fatalf("ParseIPKey(%q) = %v, %v; want %v", key, back, err, ip)
+		}
+	}
+}
+
+func TestDecodeResults(t *testing.T) {
+	items, next, err := DecodeResults([]byte(`{"count":2,"next":"http://x/?page=2","results":[{"a":1.10}, 5]}`))
+	if err != nil || len(items) != 2 || next != "http://x/?page=2" || string(items[0]) != `{"a":1.10}` {
+		t.Fatalf("got %q %q %v", items, next, err)
+	}
+	for _, bad := range []string{``, `{"results": [{"priority": "hi`, `{"detail":"x"}`, `[]`, `{"results":[]} trailing`} {
+		if _, _, err := DecodeResults([]byte(bad)); err == nil {
+			t.Errorf("DecodeResults(%q) succeeded", bad)
+		}
+	}
+}

@@ -1,0 +1,63 @@
+// Package natsutil connects to NATS, starts an embedded server, and reads
+// streams from the start: what every stage and the standalone share.
+package natsutil
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedOptions configure an in-process NATS server with JetStream.
+type EmbeddedOptions struct {
+	// Listen is the client address, host:port; port -1 picks a free one.
+	Listen string
+	// StoreDir holds JetStream's files.
+	StoreDir string
+	// ServerName names the server (default "incidents").
+	ServerName string
+}
+
+// MaxPayload is the largest message the embedded server accepts: room for
+// large employee documents in INCIDENT_VIEW.
+const MaxPayload = 8 << 20
+
+// StartEmbedded starts a NATS server with JetStream and waits until it
+// accepts connections.
+func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
+	host, portText, err := net.SplitHostPort(o.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("NATS_LISTEN %q: %w", o.Listen, err)
+	}
+	port, err := strconv.Atoi(portText)
+	if err != nil {
+		return nil, fmt.Errorf("NATS_LISTEN %q: bad port", o.Listen)
+	}
+	if o.ServerName == "" {
+		o.ServerName = "incidents"
+	}
+	opts := &server.Options{
+		ServerName: o.ServerName,
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   o.StoreDir,
+		MaxPayload: MaxPayload,
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("starting embedded NATS: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(15 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("starting embedded NATS: not ready after 15s (is NATS_LISTEN in use?)")
+	}
+	return s, nil
+}

@@ -1,0 +1,45 @@
+package telemetry
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// NewRegistry returns a registry with the Go and process collectors, for a
+// binary to hand to its stages.
+func NewRegistry() *prometheus.Registry {
+	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return r
+}
+
+// MetricsHandler serves the metrics of g in the Prometheus exposition format.
+func MetricsHandler(g prometheus.Gatherer) http.Handler {
+	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
+}
+
+// NewDLQCounter registers incidents_dlq_total{stage,reason}; every stage that
+// dead-letters uses it, so the families merge in one /metrics.
+func NewDLQCounter(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "incidents_dlq_total",
+		Help: "Incidents dead-lettered to INCIDENTS_DLQ, by stage and reason.",
+	}, []string{"stage", "reason"})
+	reg.MustRegister(c)
+	return c
+}
+
+// NewPendingGauge registers incidents_consumer_pending_messages for one
+// durable consumer: the messages not yet delivered to it (its lag).
+func NewPendingGauge(reg prometheus.Registerer, consumer string) prometheus.Gauge {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "incidents_consumer_pending_messages",
+		Help:        "Messages of the stream not yet delivered to the durable consumer (its lag).",
+		ConstLabels: prometheus.Labels{"consumer": consumer},
+	})
+	reg.MustRegister(g)
+	return g
+}

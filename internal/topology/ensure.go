@@ -1,0 +1,173 @@
+package topology
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Options sets what may differ between deployments.
+type Options struct {
+	// Replicas of every stream and bucket (1, or 3 on a cluster).
+	Replicas int
+	// RawMaxAge is how long INCIDENTS_RAW keeps incidents: the window the
+	// view can be rebuilt from. Zero keeps them forever.
+	RawMaxAge time.Duration
+	// EnrichedMaxAge is how long INCIDENTS_ENRICHED keeps incidents. Zero
+	// keeps them forever.
+	EnrichedMaxAge time.Duration
+	// DLQMaxAge is how long INCIDENTS_DLQ keeps what failed.
+	DLQMaxAge time.Duration
+	// DuplicateWindow is how long JetStream remembers message ids, covering
+	// several producer copies polling the same upstream.
+	DuplicateWindow time.Duration
+}
+
+// DefaultOptions are the options of a single-node deployment.
+func DefaultOptions() Options {
+	return Options{
+		Replicas:        1,
+		DLQMaxAge:       30 * 24 * time.Hour,
+		DuplicateWindow: 10 * time.Minute,
+	}
+}
+
+func (o Options) replicas() int { return max(o.Replicas, 1) }
+
+// Streams returns the configuration of every stream.
+func Streams(o Options) []jetstream.StreamConfig {
+	return []jetstream.StreamConfig{
+		{
+			Name:        StreamRaw,
+			Description: "Upstream incidents exactly as received; Nats-Msg-Id is the incident id",
+			Subjects:    []string{RawSubjects},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      o.RawMaxAge,
+			Duplicates:  o.DuplicateWindow,
+			Replicas:    o.replicas(),
+		},
+		{
+			Name:        StreamEnriched,
+			Description: "Incidents with their resolved employee (or unattributed IP)",
+			Subjects:    []string{EnrichedSubjects},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      o.EnrichedMaxAge,
+			Duplicates:  o.DuplicateWindow,
+			Replicas:    o.replicas(),
+		},
+		{
+			Name:        StreamDLQ,
+			Description: "What a stage could not process, with the reason in headers",
+			Subjects:    []string{DLQSubjects},
+			Storage:     jetstream.FileStorage,
+			Retention:   jetstream.LimitsPolicy,
+			MaxAge:      o.DLQMaxAge,
+			Duplicates:  o.DuplicateWindow,
+			Replicas:    o.replicas(),
+		},
+	}
+}
+
+// Buckets returns the configuration of every key-value bucket.
+func Buckets(o Options) []jetstream.KeyValueConfig {
+	return []jetstream.KeyValueConfig{
+		{
+			Bucket:      BucketIdentities,
+			Description: "IP (IPKey-encoded) to employee id",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.replicas(),
+		},
+		{
+			Bucket:      BucketView,
+			Description: "Employee id to its GET /incidents document",
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    o.replicas(),
+		},
+	}
+}
+
+// EnricherConsumer is the durable consumer of the enricher on INCIDENTS_RAW.
+func EnricherConsumer() jetstream.ConsumerConfig {
+	return durable(ConsumerEnricher, RawSubjects)
+}
+
+// ProjectorConsumer is the durable consumer of the projector on INCIDENTS_ENRICHED.
+func ProjectorConsumer() jetstream.ConsumerConfig {
+	return durable(ConsumerProjector, EnrichedSubjects)
+}
+
+func durable(name, filter string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       name,
+		Description:   "pipeline stage " + name,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxDeliver:    -1, // transient failures retry; invalid input goes to the DLQ instead
+		MaxAckPending: 20000,
+		FilterSubject: filter,
+	}
+}
+
+// Ensure creates every stream and bucket that is missing and updates those
+// whose configuration drifted. Several services may call it at once.
+func Ensure(ctx context.Context, js jetstream.JetStream, o Options) error {
+	for _, cfg := range Streams(o) {
+		if err := retryRace(ctx, func() error {
+			_, err := js.CreateOrUpdateStream(ctx, cfg)
+			return err
+		}); err != nil {
+			return fmt.Errorf("ensuring stream %s: %w", cfg.Name, err)
+		}
+	}
+	for _, cfg := range Buckets(o) {
+		if err := retryRace(ctx, func() error {
+			_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
+			return err
+		}); err != nil {
+			return fmt.Errorf("ensuring bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// EnsureConsumer creates or updates a durable consumer on stream.
+func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	var c jetstream.Consumer
+	err := retryRace(ctx, func() error {
+		var err error
+		c, err = js.CreateOrUpdateConsumer(ctx, stream, cfg)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ensuring consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	return c, nil
+}
+
+// retryRace retries an idempotent create-or-update a few times: two copies
+// creating the same thing at once may see each other's half-done work.
+func retryRace(ctx context.Context, f func() error) error {
+	var err error
+	for attempt := range 5 {
+		if err = f(); err == nil {
+			return nil
+		}
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(time.Duration(attempt+1) * 100 * time.Millisecond):
+		}
+	}
+	return err
+}

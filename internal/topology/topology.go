@@ -1,0 +1,114 @@
+// Package topology is the one place that defines every NATS name the
+// pipeline uses: streams, subjects, buckets, consumers and headers, and
+// creates or updates them.
+package topology
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+)
+
+// Streams.
+const (
+	// StreamRaw holds upstream incidents exactly as received: the replay source.
+	StreamRaw = "INCIDENTS_RAW"
+	// StreamEnriched holds incidents with their resolved employee.
+	StreamEnriched = "INCIDENTS_ENRICHED"
+	// StreamDLQ holds what a stage could not process, with the reason.
+	StreamDLQ = "INCIDENTS_DLQ"
+)
+
+// Key-value buckets.
+const (
+	// BucketIdentities maps IPKey(ip) to an employee id.
+	BucketIdentities = "IDENTITIES"
+	// BucketView maps an employee id to its GET /incidents document, and
+	// UnattributedPrefix+IPKey(ip) to that IP's unattributed incidents.
+	BucketView = "INCIDENT_VIEW"
+)
+
+// Durable consumers: named after the stage that owns them.
+const (
+	ConsumerEnricher  = "enricher"
+	ConsumerProjector = "projector"
+)
+
+// Stage names, as used in DLQ subjects and metric labels.
+const (
+	StageProducers = "producers"
+	StageEnricher  = "enricher"
+	StageProjector = "projector"
+	StageAPI       = "api"
+)
+
+// Subject roots.
+const (
+	RawSubjects      = "incidents.raw.>"
+	EnrichedSubjects = "incidents.enriched.>"
+	DLQSubjects      = "incidents.dlq.>"
+	rawPrefix        = "incidents.raw."
+	enrichedPrefix   = "incidents.enriched."
+	unattributedTok  = "unattributed"
+	dlqPrefix        = "incidents.dlq."
+)
+
+// Headers.
+const (
+	// HeaderMsgID is JetStream's de-duplication header.
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderDLQReason is the short reason token of a dead-lettered message.
+	HeaderDLQReason = "Incident-Dlq-Reason"
+	// HeaderDLQError is the human-readable reason of a dead-lettered message.
+	HeaderDLQError = "Incident-Dlq-Error"
+	// HeaderDLQSubject is the subject a dead-lettered message was read from.
+	HeaderDLQSubject = "Incident-Dlq-Subject"
+	// HeaderReattributed marks an enriched incident that was published
+	// unattributed before and has now been attributed.
+	HeaderReattributed = "Incident-Reattributed"
+)
+
+// UnattributedPrefix starts the view keys of unattributed documents.
+const UnattributedPrefix = unattributedTok + "."
+
+// RawSubject is the subject of raw incidents of type t.
+func RawSubject(t incident.Type) string { return rawPrefix + string(t) }
+
+// TypeOfRawSubject returns the incident type a raw subject carries.
+func TypeOfRawSubject(subject string) (incident.Type, error) {
+	name, ok := strings.CutPrefix(subject, rawPrefix)
+	if !ok {
+		return "", fmt.Errorf("subject %q is not a raw incident subject", subject)
+	}
+	return incident.ParseType(name)
+}
+
+// EnrichedSubject is the subject of incidents attributed to employee.
+func EnrichedSubject(employee string) string { return enrichedPrefix + employee }
+
+// UnattributedSubject is the subject of incidents whose IP no identity covers.
+func UnattributedSubject(ip netip.Addr) string {
+	return enrichedPrefix + UnattributedPrefix + incident.IPKey(ip)
+}
+
+// UnattributedSubjects matches every unattributed incident.
+const UnattributedSubjects = enrichedPrefix + unattributedTok + ".>"
+
+// DLQSubject is where stage dead-letters incidents of type t (or "unknown").
+func DLQSubject(stage, t string) string {
+	if t == "" {
+		t = "unknown"
+	}
+	return dlqPrefix + stage + "." + t
+}
+
+// EmployeeKey is the view key of an employee's document.
+func EmployeeKey(employee string) string { return employee }
+
+// UnattributedKey is the view key of an IP's unattributed document.
+func UnattributedKey(ip netip.Addr) string { return UnattributedPrefix + incident.IPKey(ip) }
+
+// IdentityKey is the IDENTITIES key of an IP.
+func IdentityKey(ip netip.Addr) string { return incident.IPKey(ip) }

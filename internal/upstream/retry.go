@@ -1,0 +1,151 @@
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"time"
+)
+
+// RetryPolicy bounds the retries of one upstream request: exponential backoff
+// with full jitter, at most MaxAttempts tries and MaxElapsed in all.
+type RetryPolicy struct {
+	MaxAttempts int           // default 5
+	MaxElapsed  time.Duration // default 2m
+	BaseDelay   time.Duration // default 500ms
+	MaxDelay    time.Duration // default 20s
+}
+
+func (p RetryPolicy) withDefaults() RetryPolicy {
+	if p.MaxAttempts <= 0 {
+		p.MaxAttempts = 5
+	}
+	if p.MaxElapsed <= 0 {
+		p.MaxElapsed = 2 * time.Minute
+	}
+	if p.BaseDelay <= 0 {
+		p.BaseDelay = 500 * time.Millisecond
+	}
+	if p.MaxDelay <= 0 {
+		p.MaxDelay = 20 * time.Second
+	}
+	return p
+}
+
+// delay is the full-jitter backoff before retry number attempt (from 1).
+func (p RetryPolicy) delay(attempt int) time.Duration {
+	ceiling := p.BaseDelay << min(attempt-1, 20)
+	if ceiling > p.MaxDelay || ceiling <= 0 {
+		ceiling = p.MaxDelay
+	}
+	return rand.N(ceiling) + time.Millisecond
+}
+
+// StatusError is a non-2xx answer.
+type StatusError struct{ Code int }
+
+func (e *StatusError) Error() string {
+	return fmt.Sprintf("upstream answered %d %s", e.Code, http.StatusText(e.Code))
+}
+
+// ErrUnauthorized is returned when the upstream refuses the credentials.
+// It is not retried: the same credentials would be refused again.
+var ErrUnauthorized = errors.New("upstream refused the credentials (check UPSTREAM_USER and UPSTREAM_PASSWORD)")
+
+// ErrTooLarge is returned for a body over the size cap.
+var ErrTooLarge = errors.New("upstream response is larger than UPSTREAM_MAX_BODY")
+
+// permanent marks an error that retrying cannot fix.
+type permanent struct{ err error }
+
+func (p permanent) Error() string { return p.err.Error() }
+func (p permanent) Unwrap() error { return p.err }
+
+// do GETs url, retrying transient failures, and hands a complete body to
+// decode; a decode error is retried too (a cut-off body decodes badly).
+func (c *Client) do(ctx context.Context, endpoint, url string, decode func([]byte) error) error {
+	start := time.Now()
+	var err error
+	for attempt := 1; ; attempt++ {
+		err = c.once(ctx, endpoint, url, decode)
+		if err == nil {
+			return nil
+		}
+		var p permanent
+		if errors.As(err, &p) {
+			return p.err
+		}
+		if ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		if attempt >= c.retry.MaxAttempts {
+			return fmt.Errorf("giving up after %d attempts: %w", attempt, err)
+		}
+		wait := c.retry.delay(attempt)
+		if time.Since(start)+wait > c.retry.MaxElapsed {
+			return fmt.Errorf("giving up after %d attempts in %s: %w", attempt, time.Since(start).Round(time.Millisecond), err)
+		}
+		c.log.Warn("upstream request failed, retrying", "endpoint", endpoint, "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "error", err)
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+}
+
+// once makes one attempt.
+func (c *Client) once(ctx context.Context, endpoint, url string, decode func([]byte) error) (err error) {
+	start := time.Now()
+	defer func() { c.metrics.observe(endpoint, outcome(err), time.Since(start)) }()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return permanent{fmt.Errorf("building request: %w", err)}
+	}
+	if c.user != "" || c.password != "" {
+		req.SetBasicAuth(c.user, c.password)
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return permanent{fmt.Errorf("%w: %w", ErrUnauthorized, &StatusError{resp.StatusCode})}
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		se := &StatusError{resp.StatusCode}
+		if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout {
+			return se
+		}
+		return permanent{se}
+	}
+	if resp.ContentLength > c.maxBody {
+		return permanent{ErrTooLarge}
+	}
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(resp.Body, c.maxBody+1))
+	if err != nil {
+		return fmt.Errorf("reading body: %w", err)
+	}
+	if n > c.maxBody {
+		return permanent{ErrTooLarge}
+	}
+	if err := decode(buf.Bytes()); err != nil {
+		return &decodeError{err}
+	}
+	return nil
+}
+
+// decodeError is a body that arrived but does not decode.
+type decodeError struct{ err error }
+
+func (e *decodeError) Error() string { return e.err.Error() }
+func (e *decodeError) Unwrap() error { return e.err }

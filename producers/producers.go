@@ -1,0 +1,222 @@
+// Package producers polls the upstream incident API: one poller per incident
+// type, publishing new incidents to INCIDENTS_RAW, and one syncer copying the
+// identities into the IDENTITIES bucket. Each runs on its own schedule, so a
+// slow or failing type never delays the others.
+package producers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/upstream"
+)
+
+// Upstream is what the producers need of the upstream API.
+type Upstream interface {
+	Incidents(ctx context.Context, t incident.Type) ([]json.RawMessage, error)
+	Identities(ctx context.Context) (map[string]json.RawMessage, error)
+}
+
+// Options configure the producers.
+type Options struct {
+	Upstream Upstream
+	JS       jetstream.JetStream
+	// Interval between polls of each type (default 1m), with ±10% jitter.
+	Interval time.Duration
+	// Types to poll (default all).
+	Types      []incident.Type
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Producers polls every type and the identities.
+type Producers struct {
+	up       Upstream
+	js       jetstream.JetStream
+	interval time.Duration
+	types    []incident.Type
+	log      *slog.Logger
+	metrics  *metrics
+
+	mu   sync.Mutex
+	seen map[incident.Type]map[string]struct{} // ids known to be in INCIDENTS_RAW
+}
+
+// New returns producers for o.
+func New(o Options) (*Producers, error) {
+	if o.Upstream == nil || o.JS == nil {
+		return nil, errors.New("producers: Upstream and JS are required")
+	}
+	if o.Interval <= 0 {
+		o.Interval = time.Minute
+	}
+	if len(o.Types) == 0 {
+		o.Types = incident.Types()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	return &Producers{
+		up:       o.Upstream,
+		js:       o.JS,
+		interval: o.Interval,
+		types:    o.Types,
+		log:      o.Logger.With("stage", topology.StageProducers),
+		metrics:  newMetrics(o.Registerer),
+		seen:     map[incident.Type]map[string]struct{}{},
+	}, nil
+}
+
+// Run syncs the identities once, so that the first incidents resolve, then
+// polls every type and the identities on the interval until ctx ends.
+func (p *Producers) Run(ctx context.Context) error {
+	if err := p.loadSeen(ctx); err != nil {
+		return err
+	}
+	// Bounded: a down upstream must not hold back the incident pollers;
+	// incidents that arrive first are attributed when the identities do.
+	first, cancel := context.WithTimeout(ctx, min(p.interval, 30*time.Second))
+	if _, err := p.SyncIdentities(first); err != nil && ctx.Err() == nil {
+		p.log.Error("identities sync failed", "endpoint", upstream.EndpointIdentities, "error", err)
+	}
+	cancel()
+	var wg sync.WaitGroup
+	for _, t := range p.types {
+		wg.Go(func() {
+			p.every(ctx, upstream.Endpoint(t), func(ctx context.Context) error {
+				_, err := p.Poll(ctx, t)
+				return err
+			})
+		})
+	}
+	wg.Go(func() {
+		p.sleep(ctx, p.jittered(0))
+		p.every(ctx, upstream.EndpointIdentities, func(ctx context.Context) error {
+			_, err := p.SyncIdentities(ctx)
+			return err
+		})
+	})
+	wg.Wait()
+	return nil
+}
+
+// every runs f now and then on the interval with jitter. After refused
+// credentials it waits longer, up to 8 intervals, so as not to hammer.
+func (p *Producers) every(ctx context.Context, endpoint string, f func(context.Context) error) {
+	refused := 0
+	for ctx.Err() == nil {
+		err := f(ctx)
+		switch {
+		case err == nil:
+			refused = 0
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, upstream.ErrUnauthorized):
+			refused++
+			p.log.Error("upstream refused the credentials; not retrying until the next poll", "endpoint", endpoint, "error", err)
+		default:
+			p.log.Error("poll failed; nothing published, the view keeps what it has", "endpoint", endpoint, "error", err)
+		}
+		p.sleep(ctx, p.jittered(refused))
+	}
+}
+
+// jittered is the wait before the next poll: the interval ±10%, doubled for
+// each refusal of the credentials in a row, up to 8 times.
+func (p *Producers) jittered(refused int) time.Duration {
+	d := p.interval << min(refused, 3)
+	return d + time.Duration((rand.Float64()-0.5)*0.2*float64(d))
+}
+
+func (p *Producers) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// loadSeen reads the ids already in INCIDENTS_RAW (headers only), so that a
+// restarted producer does not publish them again.
+func (p *Producers) loadSeen(ctx context.Context) error {
+	for _, t := range p.types {
+		ids := map[string]struct{}{}
+		_, err := readIDs(ctx, p.js, t, func(id string) { ids[id] = struct{}{} })
+		if err != nil {
+			return fmt.Errorf("loading published ids of %s: %w", t, err)
+		}
+		p.mu.Lock()
+		p.seen[t] = ids
+		p.mu.Unlock()
+	}
+	return nil
+}
+
+// PollResult says what one poll did.
+type PollResult struct {
+	Fetched   int // incidents the upstream returned
+	Published int // newly stored in INCIDENTS_RAW
+}
+
+// Poll fetches every incident of type t and publishes those not yet in
+// INCIDENTS_RAW. A failed fetch publishes nothing.
+func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, error) {
+	start := time.Now()
+	items, err := p.up.Incidents(ctx, t)
+	if err != nil {
+		p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "error").Inc()
+		return PollResult{}, err
+	}
+	res := PollResult{Fetched: len(items)}
+	p.mu.Lock()
+	seen := p.seen[t]
+	if seen == nil {
+		seen = map[string]struct{}{}
+		p.seen[t] = seen
+	}
+	var fresh []rawIncident
+	batchIDs := map[string]bool{}
+	for _, raw := range items {
+		id := incident.ID(t, raw)
+		if _, ok := seen[id]; ok || batchIDs[id] {
+			continue
+		}
+		batchIDs[id] = true
+		fresh = append(fresh, rawIncident{id: id, data: raw})
+	}
+	p.mu.Unlock()
+
+	stored, err := publishRaw(ctx, p.js, t, fresh)
+	p.mu.Lock()
+	for _, r := range stored {
+		seen[r.id] = struct{}{}
+		if r.new {
+			res.Published++
+		}
+	}
+	p.mu.Unlock()
+	p.metrics.published.WithLabelValues(string(t)).Add(float64(res.Published))
+	if err != nil {
+		p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "error").Inc()
+		return res, fmt.Errorf("publishing %s incidents: %w", t, err)
+	}
+	p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "ok").Inc()
+	p.metrics.lastSuccess.WithLabelValues(upstream.Endpoint(t)).SetToCurrentTime()
+	p.log.Info("polled", "type", t, "count", res.Fetched, "new", res.Published, "duration", time.Since(start).Round(time.Millisecond))
+	return res, nil
+}

@@ -1,0 +1,76 @@
+package producers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/natsutil"
+	"github.com/incidentpipe/pipeline/internal/topology"
+)
+
+type rawIncident struct {
+	id   string
+	data []byte
+}
+
+type storedIncident struct {
+	id  string
+	new bool // false when JetStream already had it (another copy published it)
+}
+
+// publishBatch is how many publishes are in flight at once.
+const publishBatch = 256
+
+// publishRaw publishes incidents asynchronously in batches, each with its id
+// as Nats-Msg-Id, and returns those JetStream acknowledged.
+func publishRaw(ctx context.Context, js jetstream.JetStream, t incident.Type, items []rawIncident) ([]storedIncident, error) {
+	var stored []storedIncident
+	var errs []error
+	for start := 0; start < len(items); start += publishBatch {
+		chunk := items[start:min(start+publishBatch, len(items))]
+		futures := make([]jetstream.PubAckFuture, 0, len(chunk))
+		for _, r := range chunk {
+			msg := nats.NewMsg(topology.RawSubject(t))
+			msg.Data = r.data
+			f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(r.id))
+			if err != nil {
+				errs = append(errs, err)
+				break
+			}
+			futures = append(futures, f)
+		}
+		for i, f := range futures {
+			select {
+			case ack := <-f.Ok():
+				stored = append(stored, storedIncident{id: chunk[i].id, new: !ack.Duplicate})
+			case err := <-f.Err():
+				errs = append(errs, err)
+			case <-ctx.Done():
+				return stored, ctx.Err()
+			}
+		}
+		if len(errs) > 0 {
+			return stored, fmt.Errorf("%d publishes failed: %w", len(errs), errors.Join(errs...))
+		}
+	}
+	return stored, nil
+}
+
+// readIDs calls fn with the id of every raw incident of type t stored.
+func readIDs(ctx context.Context, js jetstream.JetStream, t incident.Type, fn func(id string)) (int, error) {
+	return natsutil.ReadAll(ctx, js, topology.StreamRaw, natsutil.ReadOptions{
+		Filter:      topology.RawSubject(t),
+		HeadersOnly: true,
+		Batch:       2000,
+	}, func(m jetstream.Msg) error {
+		if id := m.Headers().Get(topology.HeaderMsgID); id != "" {
+			fn(id)
+		}
+		return nil
+	})
+}

@@ -1,0 +1,33 @@
+// Command projector folds enriched incidents into INCIDENT_VIEW. Several
+// copies may run against one NATS; they share the durable consumer "projector".
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/incidentpipe/pipeline/internal/app"
+	"github.com/incidentpipe/pipeline/internal/config"
+	"github.com/incidentpipe/pipeline/internal/telemetry"
+	"github.com/incidentpipe/pipeline/projector"
+)
+
+func main() { app.Main("projector", run) }
+
+func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	reg := telemetry.NewRegistry()
+	health := &telemetry.Health{}
+	nc, err := app.ConnectNATS(ctx, cfg, "projector", nil, health, log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	p, err := projector.New(projector.Options{JS: nc.JS, Logger: log, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	return app.RunAll(ctx,
+		app.Task{Name: "projector", Run: p.Run},
+		app.HTTPServer(cfg.MetricsAddr, app.OpsHandler(reg, health), log),
+	)
+}

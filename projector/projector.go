@@ -1,0 +1,206 @@
+// Package projector folds enriched incidents into INCIDENT_VIEW: one document
+// per employee, exactly as GET /incidents shows it, and one per unresolved IP
+// for incidents not yet attributed. It reads INCIDENTS_ENRICHED with the
+// durable consumer "projector". Folding is idempotent (an incident already in
+// a document changes nothing) and every write is a compare-and-set on the
+// key's revision, so several projectors never lose each other's updates.
+package projector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/dlq"
+	"github.com/incidentpipe/pipeline/internal/envelope"
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/topology"
+)
+
+// Options configure a Projector.
+type Options struct {
+	JS jetstream.JetStream
+	// Batch is how many enriched incidents are fetched at once (default 1000).
+	Batch int
+	// Workers is how many documents are written at once (default 16).
+	Workers    int
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Projector is one copy of the projection stage; several may run at once.
+type Projector struct {
+	js      jetstream.JetStream
+	batch   int
+	workers int
+	log     *slog.Logger
+	metrics *metrics
+	dlq     dlq.Publisher
+}
+
+// New returns a projector for o.
+func New(o Options) (*Projector, error) {
+	if o.JS == nil {
+		return nil, errors.New("projector: JS is required")
+	}
+	if o.Batch <= 0 {
+		o.Batch = 1000
+	}
+	if o.Workers <= 0 {
+		o.Workers = 16
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+	return &Projector{
+		js:      o.JS,
+		batch:   o.Batch,
+		workers: o.Workers,
+		log:     o.Logger.With("stage", topology.StageProjector),
+		metrics: newMetrics(o.Registerer),
+		dlq:     dlq.Publisher{JS: o.JS, Stage: topology.StageProjector},
+	}, nil
+}
+
+// Run projects enriched incidents until ctx ends.
+func (p *Projector) Run(ctx context.Context) error {
+	kv, err := p.js.KeyValue(ctx, topology.BucketView)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
+	}
+	cons, err := topology.EnsureConsumer(ctx, p.js, topology.StreamEnriched, topology.ProjectorConsumer())
+	if err != nil {
+		return err
+	}
+	for ctx.Err() == nil {
+		batch, err := cons.Fetch(p.batch, jetstream.FetchMaxWait(time.Second))
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			p.log.Warn("fetching enriched incidents failed", "error", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		var msgs []jetstream.Msg
+		for m := range batch.Messages() {
+			msgs = append(msgs, m)
+		}
+		if len(msgs) == 0 {
+			continue
+		}
+		p.handleBatch(ctx, kv, msgs)
+	}
+	return nil
+}
+
+// handleBatch folds a batch: the changes to each document are grouped, in
+// message order, into one compare-and-set write; a message is acked when all
+// documents it touches are written.
+func (p *Projector) handleBatch(ctx context.Context, kv jetstream.KeyValue, msgs []jetstream.Msg) {
+	plans := map[string]*plan{}
+	var order []string
+	touches := make([][]string, len(msgs))
+	failed := make([]error, len(msgs))
+	add := func(i int, key string, o op) {
+		pl := plans[key]
+		if pl == nil {
+			pl = &plan{key: key}
+			plans[key] = pl
+			order = append(order, key)
+		}
+		pl.ops = append(pl.ops, o)
+		touches[i] = append(touches[i], key)
+	}
+	for i, m := range msgs {
+		env, in, err := envelope.Decode(m.Data())
+		if err != nil {
+			failed[i] = p.deadLetter(ctx, m, env, err)
+			continue
+		}
+		ip, hasIP := env.Addr()
+		switch {
+		case env.EmployeeID == "" && !hasIP:
+			failed[i] = p.deadLetter(ctx, m, env, &incident.InvalidError{Reason: incident.ReasonInvalidEnvelope, Detail: "unattributed incident without a valid ip"})
+		case env.EmployeeID == "":
+			add(i, topology.UnattributedKey(ip), op{kind: opUnattributed, in: in, msg: i})
+		case m.Headers().Get(topology.HeaderReattributed) != "" && hasIP:
+			add(i, topology.EmployeeKey(env.EmployeeID), op{kind: opEmployee, in: in, msg: i})
+			add(i, topology.UnattributedKey(ip), op{kind: opAttributed, in: in, msg: i})
+		default:
+			add(i, topology.EmployeeKey(env.EmployeeID), op{kind: opEmployee, in: in, msg: i})
+		}
+	}
+
+	results := make(map[string]error, len(order))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, p.workers)
+	for _, key := range order {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			err := p.apply(ctx, kv, plans[key])
+			mu.Lock()
+			results[key] = err
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+
+	for i, m := range msgs {
+		err := failed[i]
+		for _, key := range touches[i] {
+			err = errors.Join(err, results[key])
+		}
+		switch {
+		case err == nil:
+			_ = m.Ack()
+		case errors.Is(err, nats.ErrMaxPayload):
+			// The document would outgrow what NATS carries: retrying cannot help.
+			if dlErr := p.deadLetter(ctx, m, envelope.Enriched{}, &incident.InvalidError{Reason: "document_too_large", Detail: err.Error()}); dlErr != nil {
+				_ = m.NakWithDelay(5 * time.Second)
+			} else {
+				_ = m.Ack()
+			}
+		default:
+			p.log.Warn("projecting failed; will retry", "subject", m.Subject(), "error", err)
+			_ = m.NakWithDelay(2 * time.Second)
+		}
+	}
+	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
+		p.metrics.pending.Set(float64(md.NumPending))
+	}
+}
+
+// deadLetter stores an unprocessable message in the DLQ; the message may be
+// acked when this returns nil.
+func (p *Projector) deadLetter(ctx context.Context, m jetstream.Msg, env envelope.Enriched, err error) error {
+	id := m.Headers().Get(topology.HeaderMsgID)
+	letter := dlq.Letter{Type: string(env.Type), ID: id, Subject: m.Subject(), Data: m.Data(), Err: err}
+	if perr := p.dlq.Publish(ctx, letter); perr != nil {
+		return perr
+	}
+	p.metrics.dlq.WithLabelValues(topology.StageProjector, letter.Reason()).Inc()
+	p.log.Warn("enriched incident dead-lettered", "subject", m.Subject(), "reason", letter.Reason(), "error", err)
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
