@@ -33,8 +33,9 @@ import (
 type Hooks struct {
 	// APIListener, when set, serves the API instead of listening on API_ADDR.
 	APIListener net.Listener
-	// Started is called once the API is about to serve, with its address.
-	Started func(apiAddr string)
+	// Started is called once the API is about to serve, with its address and
+	// the NATS server's client URL.
+	Started func(apiAddr, natsURL string)
 }
 
 // Run runs the pipeline until ctx ends.
@@ -110,7 +111,11 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 		}
 	}
 	if hooks.Started != nil {
-		hooks.Started(l.Addr().String())
+		natsURL := cfg.NATSURL
+		if embedded != nil {
+			natsURL = embedded.ClientURL()
+		}
+		hooks.Started(l.Addr().String(), natsURL)
 	}
 	tasks = append(tasks,
 		app.Task{Name: "api", Run: a.Run},

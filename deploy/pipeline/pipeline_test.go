@@ -23,6 +23,7 @@ import (
 // running is a pipeline started in-process for a test.
 type running struct {
 	url    string
+	nats   string // the embedded server's client URL
 	cancel context.CancelFunc
 	done   chan error
 	logs   *syncBuffer
@@ -50,7 +51,16 @@ func start(t *testing.T, dataDir, upstream string, env map[string]string) *runni
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{url: "http://" + l.Addr().String(), cancel: cancel, done: make(chan error, 1), logs: logs}
-	go func() { r.done <- pipeline.Run(ctx, cfg, log, pipeline.Hooks{APIListener: l}) }()
+	started := make(chan struct{})
+	hooks := pipeline.Hooks{APIListener: l, Started: func(_, natsURL string) { r.nats = natsURL; close(started) }}
+	go func() { r.done <- pipeline.Run(ctx, cfg, log, hooks) }()
+	select {
+	case <-started:
+	case err := <-r.done:
+		t.Fatalf("pipeline did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("pipeline did not start within 30s")
+	}
 	t.Cleanup(func() { r.stop(t) })
 	return r
 }

@@ -1,0 +1,201 @@
+package upstream
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/simulator"
+)
+
+func fastRetry() RetryPolicy {
+	return RetryPolicy{MaxAttempts: 8, MaxElapsed: 10 * time.Second, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond}
+}
+
+func items(n int) []json.RawMessage {
+	out := make([]json.RawMessage, n)
+	for i := range out {
+		out[i] = json.RawMessage(fmt.Sprintf(`{"priority":"low","employee_id":%d,"timestamp":%d.50}`, i, 1000+i))
+	}
+	return out
+}
+
+func TestIncidentsFollowsPagesThroughFaults(t *testing.T) {
+	sim := simulator.NewServer("u", "p", simulator.Faults{FailRate: 0.3, PageSize: 7}, 3)
+	sim.SetIncidents(incident.Misuse, items(50))
+	hs := httptest.NewServer(sim)
+	defer hs.Close()
+	reg := prometheus.NewRegistry()
+	c, err := New(Options{BaseURL: hs.URL, User: "u", Password: "p", Retry: fastRetry(), Metrics: NewMetrics(reg)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		got, err := c.Incidents(context.Background(), incident.Misuse)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 50 {
+			t.Fatalf("got %d incidents, want 50", len(got))
+		}
+		for i, raw := range got {
+			want := fmt.Sprintf(`{"priority":"low","employee_id":%d,"timestamp":%d.50}`, i, 1000+i)
+			if string(raw) != want {
+				t.Fatalf("incident %d = %s, want the bytes as served %s", i, raw, want)
+			}
+		}
+	}
+	if n := testutil.ToFloat64(c.metrics.requests.WithLabelValues("incidents/misuse", "ok")); n != 5*8 {
+		t.Errorf("ok requests = %v, want 40 (8 pages, 5 polls)", n)
+	}
+}
+
+func TestErrorsAreNeverPartialData(t *testing.T) {
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+		want    error
+	}{
+		{"always 502", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", 502) }, nil},
+		{"not json", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "<html>oops</html>") }, nil},
+		{"cut off", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "1000")
+			fmt.Fprint(w, `{"results": [{"priority": "hi`)
+		}, nil},
+		{"no results", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `{"detail":"x"}`) }, nil},
+		{"unauthorized", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 401) }, ErrUnauthorized},
+		{"forbidden", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 403) }, ErrUnauthorized},
+		{"too large", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, `{"results":[`+strings.Repeat(`{"a":1},`, 500)+`{"a":1}]}`)
+		}, ErrTooLarge},
+		{"second page fails", func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Query().Get("page") == "" {
+				fmt.Fprintf(w, `{"next":"http://%s/incidents/misuse/?page=2","results":[{"a":1}]}`, r.Host)
+				return
+			}
+			http.Error(w, "down", 500)
+		}, nil},
+		{"next leaves host", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprint(w, `{"next":"http://127.0.0.2:1/steal","results":[{"a":1}]}`)
+		}, nil},
+		{"next loops", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, `{"next":"http://%s/incidents/misuse/","results":[{"a":1}]}`, r.Host)
+		}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls atomic.Int32
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				calls.Add(1)
+				tt.handler(w, r)
+			}))
+			defer hs.Close()
+			c, err := New(Options{BaseURL: hs.URL, User: "u", Password: "p", MaxBody: 2048, Retry: fastRetry()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := c.Incidents(context.Background(), incident.Misuse)
+			if err == nil || got != nil {
+				t.Fatalf("got %d incidents, err %v; want an error and no data", len(got), err)
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+			if errors.Is(err, ErrUnauthorized) && calls.Load() != 1 {
+				t.Errorf("refused credentials were tried %d times, want once", calls.Load())
+			}
+			if strings.Contains(err.Error(), "p@") || strings.Contains(err.Error(), "dTpw") {
+				t.Errorf("error leaks credentials: %v", err)
+			}
+		})
+	}
+}
+
+func TestRetriesAreBounded(t *testing.T) {
+	var calls atomic.Int32
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		http.Error(w, "down", 503)
+	}))
+	defer hs.Close()
+	c, _ := New(Options{BaseURL: hs.URL, Retry: RetryPolicy{MaxAttempts: 4, BaseDelay: time.Millisecond, MaxDelay: 2 * time.Millisecond}})
+	if _, err := c.Identities(context.Background()); err == nil {
+		t.Fatal("want an error")
+	}
+	if calls.Load() != 4 {
+		t.Errorf("made %d attempts, want 4", calls.Load())
+	}
+}
+
+func TestTimeoutPerRequest(t *testing.T) {
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-time.After(5 * time.Second):
+		}
+	}))
+	defer hs.Close()
+	c, _ := New(Options{BaseURL: hs.URL, Timeout: 50 * time.Millisecond, Retry: RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond}})
+	start := time.Now()
+	if _, err := c.Identities(context.Background()); err == nil {
+		t.Fatal("want a timeout error")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("two timed-out attempts took %s", d)
+	}
+}
+
+func TestCredentialsStayOnTheUpstreamHost(t *testing.T) {
+	var leaked atomic.Value
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		leaked.Store(r.Header.Get("Authorization"))
+		fmt.Fprint(w, `{"10.0.0.1": 1}`)
+	}))
+	defer other.Close()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "" {
+			t.Error("no credentials sent to the upstream itself")
+		}
+		http.Redirect(w, r, other.URL+"/identities/", http.StatusFound)
+	}))
+	defer up.Close()
+	c, _ := New(Options{BaseURL: up.URL, User: "u", Password: "p", Retry: fastRetry()})
+	if _, err := c.Identities(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := leaked.Load().(string); v != "" {
+		t.Errorf("the other host received Authorization %q", v)
+	}
+}
+
+func TestUserInfoInURLBecomesCredentials(t *testing.T) {
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "u" || p != "p" {
+			http.Error(w, "no", 401)
+			return
+		}
+		fmt.Fprint(w, `{}`)
+	}))
+	defer hs.Close()
+	c, err := New(Options{BaseURL: strings.Replace(hs.URL, "http://", "http://u:p@", 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Identities(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(c.base.String(), "p@") {
+		t.Errorf("base URL keeps the password: %s", c.base.Redacted())
+	}
+}
