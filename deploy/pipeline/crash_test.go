@@ -22,8 +22,8 @@ import (
 	"github.com/incidentpipe/pipeline/internal/testkit"
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/upstream"
-	"github.com/incidentpipe/pipeline/projector"
 	"github.com/incidentpipe/pipeline/producers"
+	"github.com/incidentpipe/pipeline/projector"
 )
 
 // stage runs one stage on a connection of its own; crash drops the

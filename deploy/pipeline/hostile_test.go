@@ -24,16 +24,16 @@ import (
 // invalid incident, an IP unknown until later, IPv6, equal timestamps,
 // unicode, nested objects, unknown fields, integer timestamps.
 const (
-	m1 = `{"priority":"high","employee_id":100,"timestamp":1600000000.5,"note":"h\u00e9llo ☃ <b>","details":{"a":[1,2.50,{"b":null}]},"big":123456789012345678901234567890}`
-	m1Again = `{"priority":"high","employee_id":100,"timestamp":1600000000.5,"note":"h\u00e9llo ☃ <b>","details":{"a":[1,2.50,{"b":null}]},"big":123456789012345678901234567890}`
+	m1          = `{"priority":"high","employee_id":100,"timestamp":1600000000.5,"note":"h\u00e9llo ☃ <b>","details":{"a":[1,2.50,{"b":null}]},"big":123456789012345678901234567890}`
+	m1Again     = `{"priority":"high","employee_id":100,"timestamp":1600000000.5,"note":"h\u00e9llo ☃ <b>","details":{"a":[1,2.50,{"b":null}]},"big":123456789012345678901234567890}`
 	m1Reordered = `{ "big": 123456789012345678901234567890, "details": {"a": [1, 2.50, {"b": null}]}, "note": "héllo ☃ <b>", "timestamp": 1600000000.5, "employee_id": 100, "priority": "high" }`
-	m2 = `{"priority":"high","employee_id":"100","timestamp":1600000000.5}`
-	p1 = `{"priority":"low","ip":"2001:DB8::7","timestamp":1600000100}`
-	p2 = `{"priority":"critical","ip":"10.9.9.9","timestamp":1600000200}`
-	p3 = `{"priority":"critical","ip":"10.9.9.9","timestamp":1600000900}`
-	o1 = `{"priority":"medium","identifier":"10.9.9.9","timestamp":1600000300}`
-	o2 = `{"priority":"medium","identifier":100,"timestamp":1599999999}`
-	d1 = `{"priority":"low","reported_by":200,"timestamp":1600000100,"source_ip":"10.0.0.1"}`
+	m2          = `{"priority":"high","employee_id":"100","timestamp":1600000000.5}`
+	p1          = `{"priority":"low","ip":"2001:DB8::7","timestamp":1600000100}`
+	p2          = `{"priority":"critical","ip":"10.9.9.9","timestamp":1600000200}`
+	p3          = `{"priority":"critical","ip":"10.9.9.9","timestamp":1600000900}`
+	o1          = `{"priority":"medium","identifier":"10.9.9.9","timestamp":1600000300}`
+	o2          = `{"priority":"medium","identifier":100,"timestamp":1599999999}`
+	d1          = `{"priority":"low","reported_by":200,"timestamp":1600000100,"source_ip":"10.0.0.1"}`
 )
 
 // invalid incidents, by type, with the reason each must be dead-lettered for.

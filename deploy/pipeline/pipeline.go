@@ -25,8 +25,8 @@ import (
 	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/simulator"
 	"github.com/incidentpipe/pipeline/internal/telemetry"
-	"github.com/incidentpipe/pipeline/projector"
 	"github.com/incidentpipe/pipeline/producers"
+	"github.com/incidentpipe/pipeline/projector"
 )
 
 // Hooks let a caller (a test, the load harness) see inside a running pipeline.

@@ -202,4 +202,3 @@ func sumMetric(t *testing.T, exposition []byte, name string) float64 {
 	}
 	return sum
 }
-
