@@ -1,0 +1,51 @@
+package config
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoad(t *testing.T) {
+	secretFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(secretFile, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"POLL_INTERVAL": "2s", "UPSTREAM_URL": "http://up", "UPSTREAM_PASSWORD_FILE": secretFile, "NATS_REPLICAS": "3",
+	}
+	c, err := Load("x", []string{"-api-addr", "127.0.0.1:1"}, func(k string) string { return env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PollInterval != 2*time.Second || c.UpstreamURL != "http://up" || c.APIAddr != "127.0.0.1:1" ||
+		c.UpstreamPassword.Reveal() != "from-file" || c.Topology.Replicas != 3 || c.NATSListen != "127.0.0.1:4222" ||
+		c.DataDir != "./data" || c.UpstreamMaxBody != 64<<20 {
+		t.Fatalf("config %+v", c)
+	}
+	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c)} {
+		if strings.Contains(s, "from-file") {
+			t.Fatalf("secret printed: %s", s)
+		}
+	}
+}
+
+func TestLoadRejects(t *testing.T) {
+	for name, env := range map[string]map[string]string{
+		"bad duration":  {"POLL_INTERVAL": "soon"},
+		"too fast":      {"POLL_INTERVAL": "10ms"},
+		"bad replicas":  {"NATS_REPLICAS": "0"},
+		"missing file":  {"UPSTREAM_PASSWORD_FILE": "/nonexistent/pw"},
+		"tiny body cap": {"UPSTREAM_MAX_BODY": "10"},
+		"no timeout":    {"UPSTREAM_TIMEOUT": "0s"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := Load("x", nil, func(k string) string { return env[k] }); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+}
