@@ -50,8 +50,12 @@ func (ids *identities) watch(ctx context.Context, kv jetstream.KeyValue, loaded 
 				return fmt.Errorf("watching %s: watcher closed", kv.Bucket())
 			}
 			if e == nil {
-				initial = false
-				close(loaded)
+				// A watcher that recovers from a lost consumer may mark the
+				// end of the initial values again.
+				if initial {
+					initial = false
+					close(loaded)
+				}
 				continue
 			}
 			ip, err := incident.ParseIPKey(e.Key())
