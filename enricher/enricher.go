@@ -26,6 +26,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/dlq"
 	"github.com/incidentpipe/pipeline/internal/envelope"
 	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
@@ -97,6 +98,7 @@ func (e *Enricher) Run(ctx context.Context) error {
 		return err
 	}
 	go e.resolveLoop(ctx, appeared)
+	go natsutil.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { e.metrics.pending.Set(float64(n)) })
 	for ctx.Err() == nil {
 		select {
 		case err := <-watchErr:
@@ -158,9 +160,6 @@ func (e *Enricher) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 			continue
 		}
 		_ = j.msg.Ack()
-	}
-	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
-		e.metrics.pending.Set(float64(md.NumPending))
 	}
 }
 

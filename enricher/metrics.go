@@ -3,6 +3,8 @@ package enricher
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/incidentpipe/pipeline/internal/dlq"
+	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/telemetry"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
@@ -24,9 +26,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "incidents_reattributed_total",
 			Help: "Unattributed incidents attributed after their identity appeared.",
 		}),
-		dlq:     telemetry.NewDLQCounter(reg),
+		dlq:     dlq.NewCounter(reg, topology.StageEnricher),
 		pending: telemetry.NewPendingGauge(reg, topology.ConsumerEnricher),
 	}
 	reg.MustRegister(m.enriched, m.reattributed)
+	for _, t := range incident.Types() {
+		m.enriched.WithLabelValues(string(t), "attributed")
+		m.enriched.WithLabelValues(string(t), "unattributed")
+	}
 	return m
 }

@@ -1,6 +1,11 @@
 package producers
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/upstream"
+)
 
 type metrics struct {
 	published         *prometheus.CounterVec
@@ -9,7 +14,7 @@ type metrics struct {
 	invalidIdentities prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer, types []incident.Type) *metrics {
 	m := &metrics{
 		published: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "incidents_published_total",
@@ -21,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"endpoint", "outcome"}),
 		lastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "incidents_poll_last_success_timestamp_seconds",
-			Help: "When each upstream endpoint was last polled successfully.",
+			Help: "When each upstream endpoint was last polled successfully (the process start until the first success).",
 		}, []string{"endpoint"}),
 		invalidIdentities: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "incidents_identities_invalid",
@@ -29,5 +34,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	reg.MustRegister(m.published, m.polls, m.lastSuccess, m.invalidIdentities)
+	endpoints := []string{upstream.EndpointIdentities}
+	for _, t := range types {
+		m.published.WithLabelValues(string(t))
+		endpoints = append(endpoints, upstream.Endpoint(t))
+	}
+	for _, e := range endpoints {
+		m.polls.WithLabelValues(e, "ok")
+		m.polls.WithLabelValues(e, "error")
+		m.lastSuccess.WithLabelValues(e).SetToCurrentTime()
+	}
 	return m
 }

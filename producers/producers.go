@@ -76,7 +76,7 @@ func New(o Options) (*Producers, error) {
 		interval: o.Interval,
 		types:    o.Types,
 		log:      o.Logger.With("stage", topology.StageProducers),
-		metrics:  newMetrics(o.Registerer),
+		metrics:  newMetrics(o.Registerer, o.Types),
 		seen:     map[incident.Type]map[string]struct{}{},
 	}, nil
 }

@@ -3,6 +3,7 @@ package projector
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/incidentpipe/pipeline/internal/dlq"
 	"github.com/incidentpipe/pipeline/internal/telemetry"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
@@ -24,9 +25,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "incidents_view_write_conflicts_total",
 			Help: "Compare-and-set conflicts writing INCIDENT_VIEW (another projector wrote first).",
 		}),
-		dlq:     telemetry.NewDLQCounter(reg),
+		dlq:     dlq.NewCounter(reg, topology.StageProjector),
 		pending: telemetry.NewPendingGauge(reg, topology.ConsumerProjector),
 	}
 	reg.MustRegister(m.projected, m.conflicts)
+	m.projected.WithLabelValues("added")
+	m.projected.WithLabelValues("duplicate")
 	return m
 }

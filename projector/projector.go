@@ -21,6 +21,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/dlq"
 	"github.com/incidentpipe/pipeline/internal/envelope"
 	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
@@ -82,6 +83,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	go natsutil.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { p.metrics.pending.Set(float64(n)) })
 	for ctx.Err() == nil {
 		batch, err := cons.Fetch(p.batch, jetstream.FetchMaxWait(time.Second))
 		if err != nil {
@@ -177,9 +179,6 @@ func (p *Projector) handleBatch(ctx context.Context, kv jetstream.KeyValue, msgs
 			p.log.Warn("projecting failed; will retry", "subject", m.Subject(), "error", err)
 			_ = m.NakWithDelay(2 * time.Second)
 		}
-	}
-	if md, err := msgs[len(msgs)-1].Metadata(); err == nil {
-		p.metrics.pending.Set(float64(md.NumPending))
 	}
 }
 

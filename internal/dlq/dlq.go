@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/topology"
@@ -22,12 +23,36 @@ type Letter struct {
 	Err     error  // why; its incident.Reason becomes the reason header
 }
 
+// Reasons beyond an incident's own (incident.Reason).
+const (
+	// ReasonTooLarge: the document the incident belongs to would outgrow
+	// the largest message NATS carries.
+	ReasonTooLarge incident.Reason = "document_too_large"
+	// ReasonUnprocessable: any other failure that retrying cannot fix.
+	ReasonUnprocessable incident.Reason = "unprocessable"
+)
+
 // Reason returns the short reason token of l.
 func (l Letter) Reason() string {
 	if r := incident.ReasonOf(l.Err); r != "" {
 		return string(r)
 	}
-	return "unprocessable"
+	return string(ReasonUnprocessable)
+}
+
+// NewCounter registers incidents_dlq_total{stage,reason} on reg, every
+// reason of stage starting at zero. Each stage registers it on its own
+// registry; the families merge in one /metrics.
+func NewCounter(reg prometheus.Registerer, stage string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "incidents_dlq_total",
+		Help: "Incidents dead-lettered to INCIDENTS_DLQ, by stage and reason.",
+	}, []string{"stage", "reason"})
+	reg.MustRegister(c)
+	for _, r := range append(incident.Reasons(), ReasonTooLarge, ReasonUnprocessable) {
+		c.WithLabelValues(stage, string(r))
+	}
+	return c
 }
 
 // Publisher dead-letters messages of one stage.

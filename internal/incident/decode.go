@@ -27,6 +27,12 @@ const (
 	ReasonInvalidEnvelope  Reason = "invalid_envelope"
 )
 
+// Reasons returns every Reason, for metrics to start at zero.
+func Reasons() []Reason {
+	return []Reason{ReasonInvalidJSON, ReasonNotObject, ReasonUnknownPriority, ReasonMissingTimestamp,
+		ReasonInvalidTimestamp, ReasonMissingIdentity, ReasonInvalidIdentity, ReasonUnknownType, ReasonInvalidEnvelope}
+}
+
 // InvalidError is returned for an incident that cannot be processed.
 type InvalidError struct {
 	Reason Reason

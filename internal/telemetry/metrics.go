@@ -21,17 +21,6 @@ func MetricsHandler(g prometheus.Gatherer) http.Handler {
 	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
 }
 
-// NewDLQCounter registers incidents_dlq_total{stage,reason}; every stage that
-// dead-letters uses it, so the families merge in one /metrics.
-func NewDLQCounter(reg prometheus.Registerer) *prometheus.CounterVec {
-	c := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "incidents_dlq_total",
-		Help: "Incidents dead-lettered to INCIDENTS_DLQ, by stage and reason.",
-	}, []string{"stage", "reason"})
-	reg.MustRegister(c)
-	return c
-}
-
 // NewPendingGauge registers incidents_consumer_pending_messages for one
 // durable consumer: the messages not yet delivered to it (its lag).
 func NewPendingGauge(reg prometheus.Registerer, consumer string) prometheus.Gauge {
