@@ -76,7 +76,7 @@ func doc(buckets map[string][]string) string {
 }
 
 func TestHostileUpstream(t *testing.T) {
-	sim := simulator.NewServer("user", "s3cret-upstream-password", simulator.Faults{FailRate: 0.2, PageSize: 3}, 11)
+	sim := simulator.NewServer("user", upstreamPW, simulator.Faults{FailRate: 0.2, PageSize: 3}, 11)
 	hs := httptest.NewServer(sim)
 	t.Cleanup(hs.Close)
 	byType := map[incident.Type][]json.RawMessage{
@@ -97,11 +97,11 @@ func TestHostileUpstream(t *testing.T) {
 	emp100 := doc(map[string][]string{"high": {withType("misuse", m1), withType("misuse", m2)}, "medium": {withType("other", o2)}})
 	emp200 := doc(map[string][]string{"low": {withType("probing", p1), withType("denial", d1)}})
 	before := `{"100":` + emp100 + `,"200":` + emp200 + `}`
-	waitExact(t, r.url, []byte(before), 60*time.Second)
-	waitUnattributed(t, r.url, []string{withType("probing", p2), withType("other", o1)})
+	waitExact(t, r.URL, []byte(before), 60*time.Second)
+	waitUnattributed(t, r.URL, []string{withType("probing", p2), withType("other", o1)})
 
 	// Every invalid incident is in the DLQ once, with its reason.
-	nc, err := nats.Connect(r.nats)
+	nc, err := nats.Connect(r.NATS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,6 +117,14 @@ func TestHostileUpstream(t *testing.T) {
 		t.Errorf("DLQ holds\n%s\nwant\n%s", strings.Join(reasons, "\n"), strings.Join(want, "\n"))
 	}
 
+	_, metrics, err := get(r.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sumMetric(t, metrics, "incidents_dlq_total"); got != float64(len(invalid)) {
+		t.Errorf("incidents_dlq_total = %v, want %d invalid incidents", got, len(invalid))
+	}
+
 	// The identity appears: its incidents move to the employee within seconds,
 	// with no poll of the incident endpoints needed.
 	sim.SetFaults(simulator.Faults{})
@@ -124,8 +132,8 @@ func TestHostileUpstream(t *testing.T) {
 	sim.AddIdentity("10.9.9.9", json.RawMessage(`"300"`))
 	emp300 := doc(map[string][]string{"critical": {withType("probing", p2)}, "medium": {withType("other", o1)}})
 	after := `{"100":` + emp100 + `,"200":` + emp200 + `,"300":` + emp300 + `}`
-	waitExact(t, r.url, []byte(after), 30*time.Second)
-	waitUnattributed(t, r.url, nil)
+	waitExact(t, r.URL, []byte(after), 30*time.Second)
+	waitUnattributed(t, r.URL, nil)
 
 	// The IP is reassigned: new incidents go to the new owner, old ones stay.
 	sim.AddIdentity("10.9.9.9", json.RawMessage(`400`))
@@ -138,7 +146,7 @@ func TestHostileUpstream(t *testing.T) {
 	sim.SetIncidents(incident.Probing, raws(p1, p2, p3))
 	emp400 := doc(map[string][]string{"critical": {withType("probing", p3)}})
 	final := `{"100":` + emp100 + `,"200":` + emp200 + `,"300":` + emp300 + `,"400":` + emp400 + `}`
-	waitExact(t, r.url, []byte(final), 30*time.Second)
+	waitExact(t, r.URL, []byte(final), 30*time.Second)
 }
 
 func waitUnattributed(t *testing.T, url string, want []string) {

@@ -1,0 +1,231 @@
+// Package prometheus_test checks the Prometheus configuration in this
+// directory and the pipeline's metrics with the real promtool and Prometheus.
+package prometheus_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/incidentpipe/pipeline/deploy/pipeline/pipelinetest"
+	"github.com/incidentpipe/pipeline/internal/simulator"
+	"github.com/incidentpipe/pipeline/internal/testkit"
+)
+
+// tool returns the path of a Prometheus program (Debian package prometheus).
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		testkit.Require(t, name+" (apt-get install prometheus)")
+	}
+	return path
+}
+
+func TestPromtoolChecksTheDeployFiles(t *testing.T) {
+	promtool := tool(t, "promtool")
+	for _, args := range [][]string{{"check", "config", "prometheus.yml"}, {"check", "rules", "rules.yml"}} {
+		out, err := exec.Command(promtool, args...).CombinedOutput()
+		if err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
+// metricsIn returns the metric names an expression file mentions.
+func metricsIn(t *testing.T, exprs []string) []string {
+	t.Helper()
+	name := regexp.MustCompile(`\b(incidents_[a-z_]+|http_request_duration_seconds[a-z_]*)\b`)
+	seen := map[string]bool{}
+	for _, e := range exprs {
+		for _, m := range name.FindAllString(e, -1) {
+			seen[m] = true
+		}
+	}
+	var out []string
+	for m := range seen {
+		out = append(out, m)
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		t.Fatal("no metric names found")
+	}
+	return out
+}
+
+// ruleExprs reads the expressions of rules.yml (a line-based read: every
+// rule's expr is on one line).
+func ruleExprs(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if e, ok := strings.CutPrefix(strings.TrimSpace(line), "expr:"); ok {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func dashboardExprs(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "grafana", "dashboards", "incidents.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("dashboard JSON: %v", err)
+	}
+	var out []string
+	for _, p := range d.Panels {
+		if len(p.Targets) == 0 {
+			t.Errorf("panel %q has no query", p.Title)
+		}
+		for _, tg := range p.Targets {
+			out = append(out, tg.Expr)
+		}
+	}
+	return out
+}
+
+// exposed returns the metric family names of a text exposition, with the
+// sample names of histograms (_bucket, _sum, _count).
+func exposed(exposition []byte) map[string]bool {
+	names := map[string]bool{}
+	for _, line := range strings.Split(string(exposition), "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if i := strings.IndexAny(line, "{ "); i > 0 {
+			names[line[:i]] = true
+		}
+	}
+	return names
+}
+
+// TestStandaloneObservability runs the standalone on the capture and checks
+// its metrics: lint-clean for promtool, every metric the alert rules and the
+// dashboard use is exposed, values agree with what happened, health answers,
+// and a real Prometheus scrapes it.
+func TestStandaloneObservability(t *testing.T) {
+	promtool := tool(t, "promtool")
+	prometheus := tool(t, "prometheus")
+	_, hs, expected := pipelinetest.CaptureUpstream(t, simulator.Faults{PageSize: 100})
+	r := pipelinetest.Start(t, t.TempDir(), hs.URL, nil)
+	pipelinetest.WaitExact(t, r.URL, expected, 60*time.Second)
+
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if code, body, err := pipelinetest.Get(r.URL + path); code != http.StatusOK {
+			t.Errorf("GET %s = %d %s %v", path, code, body, err)
+		}
+	}
+	_, metrics, err := pipelinetest.Get(r.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lint := exec.Command(promtool, "check", "metrics")
+	lint.Stdin = bytes.NewReader(metrics)
+	if out, err := lint.CombinedOutput(); err != nil {
+		t.Errorf("promtool check metrics: %v\n%s", err, out)
+	}
+	names := exposed(metrics)
+	for _, m := range metricsIn(t, append(ruleExprs(t), dashboardExprs(t)...)) {
+		if !names[m] {
+			t.Errorf("%s is used by rules.yml or the dashboard but not exposed", m)
+		}
+	}
+	for _, family := range []string{"go_goroutines", "process_resident_memory_bytes", "incidents_upstream_requests_total",
+		"incidents_upstream_request_duration_seconds_bucket", "http_request_duration_seconds_bucket"} {
+		if !names[family] {
+			t.Errorf("%s not exposed", family)
+		}
+	}
+	if !strings.Contains(string(metrics), `route="/incidents"`) || strings.Contains(string(metrics), `route="/incidents/325375"`) {
+		t.Error("http_request_duration_seconds must be labelled by chi route pattern")
+	}
+	for name, want := range map[string]float64{"incidents_published_total": 2100, "incidents_view_incidents": 2100, "incidents_view_employees": 1722} {
+		if got := pipelinetest.SumMetric(t, metrics, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+
+	// A real Prometheus scrapes the standalone.
+	dir := t.TempDir()
+	target := strings.TrimPrefix(r.URL, "http://")
+	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: standalone\n    static_configs:\n      - targets: [%q]\n", target)
+	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	prom := exec.Command(prometheus, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
+	promLog := &pipelinetest.SyncBuffer{}
+	prom.Stdout, prom.Stderr = promLog, promLog
+	if err := prom.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = prom.Process.Kill(); _ = prom.Wait() })
+	query := func(q string) (float64, bool) {
+		resp, err := http.Get("http://" + addr + "/api/v1/query?query=" + url.QueryEscape(q))
+		if err != nil {
+			return 0, false
+		}
+		defer resp.Body.Close()
+		var res struct {
+			Data struct {
+				Result []struct {
+					Value []any `json:"value"`
+				} `json:"result"`
+			} `json:"data"`
+		}
+		if json.NewDecoder(resp.Body).Decode(&res) != nil || len(res.Data.Result) != 1 || len(res.Data.Result[0].Value) != 2 {
+			return 0, false
+		}
+		s, _ := res.Data.Result[0].Value[1].(string)
+		v, err := strconv.ParseFloat(s, 64)
+		return v, err == nil
+	}
+	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
+		up, ok1 := query(`up{job="standalone"}`)
+		n, ok2 := query(`sum(incidents_view_incidents)`)
+		return ok1 && ok2 && up == 1 && n == 2100, fmt.Sprintf("up=%v (%v) incidents=%v (%v)\n%s", up, ok1, n, ok2, tail(promLog.String()))
+	})
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func tail(s string) string {
+	if len(s) > 2000 {
+		return s[len(s)-2000:]
+	}
+	return s
+}
