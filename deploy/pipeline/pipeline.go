@@ -58,7 +58,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	}
 
 	health := &telemetry.Health{}
-	nc, err := app.ConnectNATS(ctx, cfg, "standalone", embedded, health, log)
+	nc, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone", Embedded: embedded, Ensure: true}, health, log)
 	if err != nil {
 		return err
 	}

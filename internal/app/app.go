@@ -58,19 +58,32 @@ type NATS struct {
 	JS   jetstream.JetStream
 }
 
-// ConnectNATS connects (in-process when embedded is set), creates or updates
-// the streams and buckets, and adds a readiness check to health.
-func ConnectNATS(ctx context.Context, cfg config.Config, name string, embedded *server.Server, health *telemetry.Health, log *slog.Logger) (*NATS, error) {
+// NATSOptions say how a binary uses NATS.
+type NATSOptions struct {
+	// Name is the client name operators see.
+	Name string
+	// Embedded, when set, is connected to in-process.
+	Embedded *server.Server
+	// Ensure creates or updates the streams and buckets. Writers do; the
+	// read-only API waits for them instead.
+	Ensure bool
+}
+
+// ConnectNATS connects, creates or updates the streams and buckets if asked,
+// and adds a readiness check to health.
+func ConnectNATS(ctx context.Context, cfg config.Config, o NATSOptions, health *telemetry.Health, log *slog.Logger) (*NATS, error) {
 	nc, js, err := natsutil.Connect(ctx, natsutil.ConnectOptions{
-		URL: cfg.NATSURL, InProcess: embedded, Name: name,
+		URL: cfg.NATSURL, InProcess: o.Embedded, Name: o.Name,
 		User: cfg.NATSUser, Password: cfg.NATSPassword.Reveal(), Creds: cfg.NATSCreds, Logger: log,
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := topology.Ensure(ctx, js, cfg.Topology); err != nil {
-		nc.Close()
-		return nil, err
+	if o.Ensure {
+		if err := topology.Ensure(ctx, js, cfg.Topology); err != nil {
+			nc.Close()
+			return nil, err
+		}
 	}
 	health.Add("nats", func(ctx context.Context) error {
 		if !nc.IsConnected() {

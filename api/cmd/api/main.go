@@ -17,7 +17,7 @@ func main() { app.Main("api", run) }
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reg := telemetry.NewRegistry()
 	health := &telemetry.Health{}
-	nc, err := app.ConnectNATS(ctx, cfg, "api", nil, health, log)
+	nc, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "api", Ensure: false}, health, log)
 	if err != nil {
 		return err
 	}

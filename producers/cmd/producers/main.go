@@ -21,7 +21,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	}
 	reg := telemetry.NewRegistry()
 	health := &telemetry.Health{}
-	nc, err := app.ConnectNATS(ctx, cfg, "producers", nil, health, log)
+	nc, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "producers", Ensure: true}, health, log)
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,7 @@ func main() { app.Main("projector", run) }
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reg := telemetry.NewRegistry()
 	health := &telemetry.Health{}
-	nc, err := app.ConnectNATS(ctx, cfg, "projector", nil, health, log)
+	nc, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "projector", Ensure: true}, health, log)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,169 @@
+// Package nats_test loads the NATS configuration in this directory into a
+// real embedded server and checks that each service's user can do its job
+// and is refused the rest.
+package nats_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/incidentpipe/pipeline/deploy/pipeline/pipelinetest"
+	"github.com/incidentpipe/pipeline/internal/natsutil"
+	"github.com/incidentpipe/pipeline/internal/simulator"
+	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/upstream"
+)
+
+var services = []string{"producers", "enricher", "projector", "api", "admin"}
+
+func password(user string) string { return "pw-" + user + "-for-test" }
+
+// startConfigured starts nats.conf on a free loopback port with a temporary store.
+func startConfigured(t *testing.T) *server.Server {
+	t.Helper()
+	for _, u := range services {
+		t.Setenv(strings.ToUpper(u)+"_NATS_PASSWORD", password(u))
+	}
+	opts, err := server.ProcessConfigFile("nats.conf")
+	if err != nil {
+		t.Fatalf("loading nats.conf: %v", err)
+	}
+	opts.Host, opts.Port = "127.0.0.1", -1
+	opts.HTTPHost, opts.HTTPPort = "127.0.0.1", -1
+	opts.StoreDir = t.TempDir()
+	opts.NoLog, opts.NoSigs = true, true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats.conf server not ready")
+	}
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	return s
+}
+
+func as(s *server.Server, user string) natsutil.ConnectOptions {
+	return natsutil.ConnectOptions{URL: s.ClientURL(), Name: user, User: user, Password: password(user)}
+}
+
+func connectAs(t *testing.T, s *server.Server, user string) jetstream.JetStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, js, err := natsutil.Connect(ctx, as(s, user))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return js
+}
+
+// TestEachServiceDoesItsJob runs every stage as its own user against the
+// configured server: the capture must come out exact.
+func TestEachServiceDoesItsJob(t *testing.T) {
+	s := startConfigured(t)
+	_, hs, expected := pipelinetest.CaptureUpstream(t, simulator.Faults{PageSize: 100})
+	client, err := upstream.New(upstream.Options{BaseURL: hs.URL, User: "user", Password: pipelinetest.UpstreamPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The writers create the topology themselves, as the binaries do.
+	for _, u := range []string{"producers", "enricher", "projector"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if err := topology.Ensure(ctx, connectAs(t, s, u), topology.DefaultOptions()); err != nil {
+			t.Fatalf("%s cannot ensure the topology: %v", u, err)
+		}
+		cancel()
+	}
+	stages := []*pipelinetest.Stage{
+		pipelinetest.RunStage(t, as(s, "producers"), pipelinetest.Producers(client, time.Second)),
+		pipelinetest.RunStage(t, as(s, "enricher"), pipelinetest.Enricher(100)),
+		pipelinetest.RunStage(t, as(s, "projector"), pipelinetest.Projector(100)),
+	}
+	api := pipelinetest.ServeAPI(t, as(s, "api"))
+	pipelinetest.WaitExact(t, api, expected, 60*time.Second)
+	for _, st := range stages {
+		if err, stopped := st.Err(); stopped {
+			t.Errorf("a stage stopped: %v", err)
+		}
+	}
+	// The API cannot even ensure the topology: it only reads.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := topology.Ensure(ctx, connectAs(t, s, "api"), topology.DefaultOptions()); err == nil {
+		t.Error("the api user may create or update streams")
+	}
+}
+
+// TestEachServiceIsRefusedTheRest tries what each user must not do.
+func TestEachServiceIsRefusedTheRest(t *testing.T) {
+	s := startConfigured(t)
+	ctx := context.Background()
+	admin := connectAs(t, s, "admin")
+	if err := topology.Ensure(ctx, admin, topology.DefaultOptions()); err != nil {
+		t.Fatal(err)
+	}
+	refused := map[string][]string{
+		"api":       {"incidents.raw.denial", "incidents.enriched.1", "incidents.dlq.api.x", "$KV.INCIDENT_VIEW.1", "$KV.IDENTITIES.10.0.0.1"},
+		"producers": {"incidents.enriched.1", "$KV.INCIDENT_VIEW.1", "incidents.dlq.producers.x"},
+		"enricher":  {"incidents.raw.denial", "$KV.INCIDENT_VIEW.1", "$KV.IDENTITIES.10.0.0.1", "incidents.dlq.projector.x"},
+		"projector": {"incidents.raw.denial", "incidents.enriched.1", "$KV.IDENTITIES.10.0.0.1", "incidents.dlq.enricher.x"},
+	}
+	// A refused publish gets no acknowledgement: each waits out its
+	// timeout, so they all wait at once.
+	var wg sync.WaitGroup
+	for user, subjects := range refused {
+		js := connectAs(t, s, user)
+		for _, subj := range subjects {
+			wg.Go(func() {
+				pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				defer cancel()
+				if _, err := js.Publish(pctx, subj, []byte(`{"x":1}`)); err == nil {
+					t.Errorf("%s may publish to %s", user, subj)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	// Nothing got through.
+	for _, name := range []string{topology.StreamRaw, topology.StreamEnriched, topology.StreamDLQ, "KV_" + topology.BucketView, "KV_" + topology.BucketIdentities} {
+		st, err := admin.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil || info.State.Msgs != 0 {
+			t.Errorf("%s holds %d messages (%v) after refused publishes", name, info.State.Msgs, err)
+		}
+	}
+	// The API cannot write the view through the KV API either.
+	kv, err := connectAs(t, s, "api").KeyValue(ctx, topology.BucketView)
+	if err != nil {
+		t.Fatalf("api cannot open the view: %v", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := kv.Put(pctx, "1", []byte("{}")); err == nil {
+		t.Error("api may write the view")
+	}
+	// A wrong password is refused.
+	bad := as(s, "api")
+	bad.Password = "wrong"
+	nc, err := nats.Connect(bad.URL, nats.UserInfo(bad.User, bad.Password))
+	if err == nil {
+		nc.Close()
+		t.Error("a wrong password connects")
+	} else if !errors.Is(err, nats.ErrAuthorization) && !strings.Contains(err.Error(), "Authorization") {
+		t.Logf("wrong password: %v", err)
+	}
+}
