@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,7 +30,7 @@ func run() error {
 	addr := flag.String("addr", envOr("SIMULATOR_ADDR", "127.0.0.1:8000"), "listen address ($SIMULATOR_ADDR)")
 	dir := flag.String("dir", "", "serve this capture directory instead of generated data")
 	user := flag.String("user", envOr("UPSTREAM_USER", "user"), "basic-auth user ($UPSTREAM_USER)")
-	password := flag.String("password", envOr("UPSTREAM_PASSWORD", "password"), "basic-auth password ($UPSTREAM_PASSWORD)")
+	password := flag.String("password", envOr("UPSTREAM_PASSWORD", fileOr("UPSTREAM_PASSWORD_FILE", "password")), "basic-auth password ($UPSTREAM_PASSWORD or $UPSTREAM_PASSWORD_FILE)")
 	latency := flag.Duration("latency", 0, "mean response latency")
 	failRate := flag.Float64("fail-rate", 0, "share of requests that fail (502, 500, cut-off body)")
 	pageSize := flag.Int("page-size", 0, "page incident lists with this many per page")
@@ -61,6 +62,16 @@ func run() error {
 		return err
 	}
 	return nil
+}
+
+// fileOr reads the file named by $name, or returns def.
+func fileOr(name, def string) string {
+	if path := os.Getenv(name); path != "" {
+		if b, err := os.ReadFile(path); err == nil {
+			return strings.TrimRight(string(b), "\r\n")
+		}
+	}
+	return def
 }
 
 func envOr(name, def string) string {
