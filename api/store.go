@@ -72,6 +72,10 @@ type store struct {
 	employees    map[string]*body
 	counts       map[string][4]int
 	unattributed map[string]*view.Unattributed
+	// frozenUntil holds the served snapshot while a rebuild empties and
+	// refills the view, so that readers never see it half done.
+	frozenUntil time.Time
+	dirty       bool
 }
 
 func newStore(log *slog.Logger, m *metrics) *store {
@@ -82,6 +86,7 @@ func newStore(log *slog.Logger, m *metrics) *store {
 }
 
 func (s *store) reset() {
+	s.frozenUntil = time.Time{}
 	s.employees = map[string]*body{}
 	s.counts = map[string][4]int{}
 	s.unattributed = map[string]*view.Unattributed{}
@@ -116,12 +121,19 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 	s.reset()
 	initial := true
 	var last time.Time
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		var e jetstream.KeyValueEntry
 		var ok bool
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-tick.C:
+			if s.dirty && !s.frozen() {
+				s.rebuild() // a rebuild marker expired without being removed
+			}
+			continue
 		case e, ok = <-w.Updates():
 		}
 		if !ok {
@@ -167,6 +179,20 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 func (s *store) apply(e jetstream.KeyValueEntry) {
 	key := e.Key()
 	deleted := e.Operation() != jetstream.KeyValuePut
+	s.dirty = true
+	if key == topology.RebuildKey {
+		s.frozenUntil = time.Time{}
+		if !deleted {
+			until, err := time.Parse(time.RFC3339, string(e.Value()))
+			if err != nil {
+				s.log.Error("unreadable rebuild marker; ignored", "error", err)
+				return
+			}
+			s.frozenUntil = until
+			s.log.Info("view rebuild in progress; serving the previous view meanwhile", "until", until)
+		}
+		return
+	}
 	if strings.HasPrefix(key, topology.UnattributedPrefix) {
 		if deleted {
 			delete(s.unattributed, key)
@@ -196,8 +222,15 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 	s.counts[key] = [4]int{counts.Low.Count, counts.Medium.Count, counts.High.Count, counts.Critical.Count}
 }
 
-// rebuild prepares a new snapshot from the current documents.
+func (s *store) frozen() bool { return time.Now().Before(s.frozenUntil) }
+
+// rebuild prepares a new snapshot from the current documents, unless a
+// view rebuild is in progress.
 func (s *store) rebuild() {
+	if s.frozen() && s.loaded.Load() {
+		return
+	}
+	s.dirty = false
 	keys := make([]string, 0, len(s.employees))
 	size := 2
 	for k, b := range s.employees {

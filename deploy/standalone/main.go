@@ -1,6 +1,10 @@
 // Command standalone runs the whole pipeline in one process with an embedded
 // NATS server: `go run ./deploy/standalone`. Without UPSTREAM_URL it polls
 // the built-in upstream simulator, so a first run shows live data.
+//
+//	standalone              run the pipeline
+//	standalone rebuild      rebuild the view of a running standalone, live
+//	standalone replay-dlq   send its dead-lettered incidents back through the pipeline
 package main
 
 import (
@@ -10,10 +14,27 @@ import (
 	"github.com/incidentpipe/pipeline/deploy/pipeline"
 	"github.com/incidentpipe/pipeline/internal/app"
 	"github.com/incidentpipe/pipeline/internal/config"
+	"github.com/incidentpipe/pipeline/projector"
 )
 
 func main() {
-	app.Main("standalone", func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-		return pipeline.Run(ctx, cfg, log, pipeline.Hooks{})
-	})
+	rebuild, replay := projector.RebuildCommand(), app.ReplayDLQCommand()
+	app.Main("standalone",
+		func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+			return pipeline.Run(ctx, cfg, log, pipeline.Hooks{})
+		},
+		app.Command{Name: rebuild.Name, Help: rebuild.Help, Run: toRunning(rebuild.Run)},
+		app.Command{Name: replay.Name, Help: replay.Help, Run: toRunning(replay.Run)},
+	)
+}
+
+// toRunning points a command at the running standalone's embedded server
+// (NATS_LISTEN) unless NATS_URL names another.
+func toRunning(run app.RunFunc) app.RunFunc {
+	return func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+		if cfg.NATSURL == "" {
+			cfg.NATSURL = "nats://" + cfg.NATSListen
+		}
+		return run(ctx, cfg, log)
+	}
 }

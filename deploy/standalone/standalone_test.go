@@ -54,13 +54,18 @@ type process struct {
 
 func startBinary(t *testing.T, env []string) *process {
 	t.Helper()
+	return startBinaryAt(t, append([]string{"NATS_LISTEN=" + freeAddr(t)}, env...), freeAddr(t))
+}
+
+// startBinaryAt starts the standalone with env, serving the API on api.
+func startBinaryAt(t *testing.T, env []string, api string) *process {
+	t.Helper()
 	bin, err := buildStandalone()
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := freeAddr(t)
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), append([]string{"API_ADDR=" + api, "NATS_LISTEN=" + freeAddr(t)}, env...)...)
+	cmd.Env = append(os.Environ(), append([]string{"API_ADDR=" + api}, env...)...)
 	p := &process{cmd: cmd, api: "http://" + api, logs: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	cmd.Stdout = lockedWriter{p}
 	cmd.Stderr = lockedWriter{p}

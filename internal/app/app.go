@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -28,10 +29,38 @@ import (
 	"github.com/incidentpipe/pipeline/internal/upstream"
 )
 
+// RunFunc is the body of a binary or of one of its commands.
+type RunFunc func(ctx context.Context, cfg config.Config, log *slog.Logger) error
+
+// Command is a subcommand of a binary, e.g. `projector rebuild`.
+type Command struct {
+	Name string
+	Help string
+	Run  RunFunc
+}
+
 // Main loads the configuration of binary name, sets up logging and signals,
-// and calls run; it exits non-zero when run fails.
-func Main(name string, run func(ctx context.Context, cfg config.Config, log *slog.Logger) error) {
-	cfg, err := config.Load(name, os.Args[1:], os.Getenv)
+// and calls run, or the command named by the first argument; it exits
+// non-zero when that fails.
+func Main(name string, run RunFunc, commands ...Command) {
+	args := os.Args[1:]
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		found := false
+		for _, c := range commands {
+			if c.Name == args[0] {
+				name, run, args, found = name+" "+c.Name, c.Run, args[1:], true
+				break
+			}
+		}
+		if !found {
+			fmt.Fprintf(os.Stderr, "%s: unknown command %q; commands:\n", name, args[0])
+			for _, c := range commands {
+				fmt.Fprintf(os.Stderr, "  %-12s %s\n", c.Name, c.Help)
+			}
+			os.Exit(2)
+		}
+	}
+	cfg, err := config.Load(name, args, os.Getenv)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(2)

@@ -57,6 +57,9 @@ type Config struct {
 	LogLevel    string
 
 	Topology topology.Options
+
+	// Args are the command-line arguments left after the flags.
+	Args []string
 }
 
 // setting is one configuration entry: its variable, flag, default and help.
@@ -79,6 +82,16 @@ func settings() []setting {
 				return errors.New("must not be negative")
 			}
 			*dst(c) = d
+			return nil
+		}
+	}
+	bytes := func(dst func(*Config) *int64) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return errors.New("must be a number of bytes (0: no cap)")
+			}
+			*dst(c) = n
 			return nil
 		}
 	}
@@ -117,6 +130,9 @@ func settings() []setting {
 		{"RAW_MAX_AGE", "0s", "how long INCIDENTS_RAW keeps incidents (0: forever, so the view can always be rebuilt)", dur(func(c *Config) *time.Duration { return &c.Topology.RawMaxAge })},
 		{"ENRICHED_MAX_AGE", "0s", "how long INCIDENTS_ENRICHED keeps incidents (0: forever)", dur(func(c *Config) *time.Duration { return &c.Topology.EnrichedMaxAge })},
 		{"DLQ_MAX_AGE", "720h", "how long INCIDENTS_DLQ keeps what failed", dur(func(c *Config) *time.Duration { return &c.Topology.DLQMaxAge })},
+		{"RAW_MAX_BYTES", "0", "size cap of INCIDENTS_RAW in bytes (0: none)", bytes(func(c *Config) *int64 { return &c.Topology.RawMaxBytes })},
+		{"ENRICHED_MAX_BYTES", "0", "size cap of INCIDENTS_ENRICHED in bytes (0: none)", bytes(func(c *Config) *int64 { return &c.Topology.EnrichedMaxBytes })},
+		{"DLQ_MAX_BYTES", "1073741824", "size cap of INCIDENTS_DLQ in bytes (0: none)", bytes(func(c *Config) *int64 { return &c.Topology.DLQMaxBytes })},
 	}
 }
 
@@ -153,6 +169,7 @@ func Load(name string, args []string, getenv func(string) string) (Config, error
 	if err := fs.Parse(args); err != nil {
 		return Config{}, err
 	}
+	c.Args = fs.Args()
 	for _, s := range settings() {
 		if err := s.set(&c, *values[s.env]); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", s.env, err)

@@ -21,6 +21,9 @@ type Options struct {
 	EnrichedMaxAge time.Duration
 	// DLQMaxAge is how long INCIDENTS_DLQ keeps what failed.
 	DLQMaxAge time.Duration
+	// RawMaxBytes, EnrichedMaxBytes and DLQMaxBytes cap each stream's size
+	// (0: no cap); the oldest messages go first.
+	RawMaxBytes, EnrichedMaxBytes, DLQMaxBytes int64
 	// DuplicateWindow is how long JetStream remembers message ids, covering
 	// several producer copies polling the same upstream.
 	DuplicateWindow time.Duration
@@ -37,6 +40,14 @@ func DefaultOptions() Options {
 
 func (o Options) replicas() int { return max(o.Replicas, 1) }
 
+// orUnlimited maps "no cap" (0) to JetStream's -1.
+func orUnlimited(n int64) int64 {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
 // Streams returns the configuration of every stream.
 func Streams(o Options) []jetstream.StreamConfig {
 	return []jetstream.StreamConfig{
@@ -47,6 +58,7 @@ func Streams(o Options) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      o.RawMaxAge,
+			MaxBytes:    orUnlimited(o.RawMaxBytes),
 			Duplicates:  o.DuplicateWindow,
 			Replicas:    o.replicas(),
 		},
@@ -57,6 +69,7 @@ func Streams(o Options) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      o.EnrichedMaxAge,
+			MaxBytes:    orUnlimited(o.EnrichedMaxBytes),
 			Duplicates:  o.DuplicateWindow,
 			Replicas:    o.replicas(),
 		},
@@ -67,6 +80,7 @@ func Streams(o Options) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			Retention:   jetstream.LimitsPolicy,
 			MaxAge:      o.DLQMaxAge,
+			MaxBytes:    orUnlimited(o.DLQMaxBytes),
 			Duplicates:  o.DuplicateWindow,
 			Replicas:    o.replicas(),
 		},

@@ -73,6 +73,10 @@ const (
 // UnattributedPrefix starts the view keys of unattributed documents.
 const UnattributedPrefix = unattributedTok + "."
 
+// RebuildKey is the view key that marks a rebuild in progress: its value is
+// the RFC 3339 time until which the API keeps serving the view it had.
+const RebuildKey = "rebuilding"
+
 // RawSubject is the subject of raw incidents of type t.
 func RawSubject(t incident.Type) string { return rawPrefix + string(t) }
 

@@ -12,7 +12,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/telemetry"
 )
 
-func main() { app.Main("enricher", run) }
+func main() { app.Main("enricher", run, app.ReplayDLQCommand()) }
 
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reg := telemetry.NewRegistry()

@@ -1,5 +1,9 @@
 // Command projector folds enriched incidents into INCIDENT_VIEW. Several
 // copies may run against one NATS; they share the durable consumer "projector".
+//
+//	projector              run the stage
+//	projector rebuild      rebuild the view from INCIDENTS_ENRICHED, live
+//	projector replay-dlq   send dead-lettered incidents back through the pipeline
 package main
 
 import (
@@ -12,7 +16,9 @@ import (
 	"github.com/incidentpipe/pipeline/projector"
 )
 
-func main() { app.Main("projector", run) }
+func main() {
+	app.Main("projector", run, projector.RebuildCommand(), app.ReplayDLQCommand())
+}
 
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reg := telemetry.NewRegistry()
