@@ -30,6 +30,16 @@ type Options struct {
 	Health     *telemetry.Health
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+
+	// TokensFile, when set, names the file of allowed bearer tokens
+	// ("sha256:<hex>" lines) that every data route requires; it is re-read
+	// when it changes. Empty leaves the API open.
+	TokensFile string
+	// MetricsAuth requires the same tokens on /metrics.
+	MetricsAuth bool
+	// RateLimit, when positive, limits each client to this many requests a
+	// second (bursts of twice that).
+	RateLimit float64
 }
 
 // API is the HTTP API.
@@ -37,6 +47,7 @@ type API struct {
 	js      jetstream.JetStream
 	log     *slog.Logger
 	store   *store
+	tokens  *tokens
 	handler http.Handler
 }
 
@@ -57,6 +68,21 @@ func New(o Options) (*API, error) {
 	log := o.Logger.With("stage", topology.StageAPI)
 	m := newMetrics(o.Registerer)
 	a := &API{js: o.JS, log: log, store: newStore(log, m)}
+	if o.TokensFile != "" {
+		t, err := loadTokens(o.TokensFile, log)
+		if err != nil {
+			return nil, err
+		}
+		a.tokens = t
+	} else {
+		log.Warn("API_TOKENS_FILE is not set: anyone who reaches the API reads every incident")
+	}
+	// open is the identity middleware; protected requires a token if any.
+	open := func(next http.Handler) http.Handler { return next }
+	protected := open
+	if a.tokens != nil {
+		protected = a.tokens.require
+	}
 	o.Health.Add("view", func(context.Context) error {
 		if !a.store.loaded.Load() {
 			return errors.New("the view is not loaded yet")
@@ -65,14 +91,22 @@ func New(o Options) (*API, error) {
 	})
 
 	r := chi.NewRouter()
-	r.Use(m.instrument, middleware.GetHead)
+	r.Use(m.instrument, recoverer(log))
+	if o.RateLimit > 0 {
+		r.Use(newClientLimiter(o.RateLimit).middleware)
+	}
+	r.Use(middleware.GetHead)
 	r.Get("/healthz", o.Health.Live)
 	r.Get("/readyz", o.Health.Readiness)
 	if o.Metrics != nil {
-		r.Method(http.MethodGet, "/metrics", o.Metrics)
+		metricsAuth := open
+		if o.MetricsAuth {
+			metricsAuth = protected
+		}
+		r.With(metricsAuth).Method(http.MethodGet, "/metrics", o.Metrics)
 	}
 	r.Group(func(r chi.Router) {
-		r.Use(dataHeaders)
+		r.Use(dataHeaders, protected)
 		r.Get("/incidents", a.all)
 		r.Get("/incidents/{employee_id}", a.employee)
 		r.Get("/unattributed", a.unattributedList)
@@ -88,10 +122,21 @@ func New(o Options) (*API, error) {
 // Handler returns the HTTP handler.
 func (a *API) Handler() http.Handler { return a.handler }
 
-// Run loads the view and follows its changes until ctx ends.
+// Run loads the view and follows its changes until ctx ends; it also
+// re-reads the tokens file when it changes.
 func (a *API) Run(ctx context.Context) error {
+	if a.tokens != nil {
+		go a.tokens.watch(ctx.Done())
+	}
 	a.store.run(ctx, a.js)
 	return nil
+}
+
+// ReloadTokens re-reads the tokens file now (on SIGHUP).
+func (a *API) ReloadTokens() {
+	if a.tokens != nil {
+		a.tokens.Reload()
+	}
 }
 
 func (a *API) all(w http.ResponseWriter, r *http.Request) {

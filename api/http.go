@@ -5,11 +5,12 @@ import (
 	"net/http"
 )
 
-// dataHeaders marks incident data as not to be sniffed or cached by shared caches.
+// dataHeaders marks incident data as not to be sniffed, nor stored by any
+// cache: it is sensitive. Clients may still revalidate with If-None-Match.
 func dataHeaders(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Content-Type-Options", "nosniff")
-		w.Header().Set("Cache-Control", "private, no-cache")
+		w.Header().Set("Cache-Control", "private, no-store")
 		next.ServeHTTP(w, r)
 	})
 }

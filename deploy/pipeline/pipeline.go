@@ -99,7 +99,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	if err != nil {
 		return err
 	}
-	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"]})
+	a, err := api.New(api.OptionsFrom(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"]}, cfg))
 	if err != nil {
 		return err
 	}
@@ -119,7 +119,10 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	}
 	tasks = append(tasks,
 		app.Task{Name: "api", Run: a.Run},
-		app.Task{Name: "http", Run: func(ctx context.Context) error { return app.Serve(ctx, l, a.Handler(), log) }},
+		app.Task{Name: "http", Run: func(ctx context.Context) error {
+			return app.Serve(ctx, l, a.Handler(), log, cfg.APITLSCert, cfg.APITLSKey)
+		}},
+		app.Task{Name: "sighup", Run: a.ReloadOnHangup},
 		app.Task{Name: "projector", Run: proj.Run},
 		app.Task{Name: "enricher", Run: enr.Run},
 		app.Task{Name: "producers", Run: prod.Run},

@@ -47,9 +47,19 @@ func TestConformanceOnTheCapture(t *testing.T) {
 	if got := sumMetric(t, metrics, "incidents_dlq_total"); got != 0 {
 		t.Errorf("incidents_dlq_total = %v on valid data", got)
 	}
+	// The upstream password (and its basic-auth encoding) is nowhere: not in
+	// logs, metrics or any response.
+	seen := r.Logs.String() + string(metrics)
+	for _, path := range []string{"/incidents", "/unattributed", "/healthz", "/readyz", "/incidents/none", "/nowhere"} {
+		_, body, err := get(r.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen += string(body)
+	}
 	for _, secret := range []string{upstreamPW, "dXNlcjpzM2NyZXQtdXBzdHJlYW0tcGFzc3dvcmQ"} {
-		if strings.Contains(string(metrics), secret) || strings.Contains(r.Logs.String(), secret) {
-			t.Errorf("the upstream password appears in metrics or logs")
+		if strings.Contains(seen, secret) {
+			t.Errorf("the upstream password appears in logs, metrics or responses")
 		}
 	}
 }

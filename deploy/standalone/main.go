@@ -5,12 +5,15 @@
 //	standalone              run the pipeline
 //	standalone rebuild      rebuild the view of a running standalone, live
 //	standalone replay-dlq   send its dead-lettered incidents back through the pipeline
+//	standalone new-token    print a new API token and its API_TOKENS_FILE line
+//	standalone hash-token   print the API_TOKENS_FILE line of the token on stdin
 package main
 
 import (
 	"context"
 	"log/slog"
 
+	"github.com/incidentpipe/pipeline/api"
 	"github.com/incidentpipe/pipeline/deploy/pipeline"
 	"github.com/incidentpipe/pipeline/internal/app"
 	"github.com/incidentpipe/pipeline/internal/config"
@@ -19,12 +22,15 @@ import (
 
 func main() {
 	rebuild, replay := projector.RebuildCommand(), app.ReplayDLQCommand()
+	commands := append([]app.Command{
+		{Name: rebuild.Name, Help: rebuild.Help, Run: toRunning(rebuild.Run)},
+		{Name: replay.Name, Help: replay.Help, Run: toRunning(replay.Run)},
+	}, api.TokenCommands()...)
 	app.Main("standalone",
 		func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			return pipeline.Run(ctx, cfg, log, pipeline.Hooks{})
 		},
-		app.Command{Name: rebuild.Name, Help: rebuild.Help, Run: toRunning(rebuild.Run)},
-		app.Command{Name: replay.Name, Help: replay.Help, Run: toRunning(replay.Run)},
+		commands...,
 	)
 }
 

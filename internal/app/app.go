@@ -5,6 +5,8 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -104,6 +106,7 @@ func ConnectNATS(ctx context.Context, cfg config.Config, o NATSOptions, health *
 	nc, js, err := natsutil.Connect(ctx, natsutil.ConnectOptions{
 		URL: cfg.NATSURL, InProcess: o.Embedded, Name: o.Name,
 		User: cfg.NATSUser, Password: cfg.NATSPassword.Reveal(), Creds: cfg.NATSCreds, Logger: log,
+		CAFile: cfg.NATSCAFile, CertFile: cfg.NATSTLSCert, KeyFile: cfg.NATSTLSKey,
 	})
 	if err != nil {
 		return nil, err
@@ -142,7 +145,19 @@ func (n *NATS) Close() {
 
 // UpstreamClient builds the upstream client from the configuration.
 func UpstreamClient(cfg config.Config, url string, reg prometheus.Registerer, log *slog.Logger) (*upstream.Client, error) {
+	var roots *x509.CertPool
+	if cfg.UpstreamCAFile != "" {
+		pem, err := os.ReadFile(cfg.UpstreamCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("UPSTREAM_CA_FILE: %w", err)
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return nil, errors.New("UPSTREAM_CA_FILE: no PEM certificate in it")
+		}
+	}
 	return upstream.New(upstream.Options{
+		RootCAs:  roots,
 		BaseURL:  url,
 		User:     cfg.UpstreamUser,
 		Password: cfg.UpstreamPassword.Reveal(),
@@ -183,19 +198,20 @@ func RunAll(ctx context.Context, tasks ...Task) error {
 }
 
 // HTTPServer returns a Task serving h on addr; see Serve.
-func HTTPServer(addr string, h http.Handler, log *slog.Logger) Task {
+func HTTPServer(addr string, h http.Handler, log *slog.Logger, tlsFiles ...string) Task {
 	return Task{Name: "http " + addr, Run: func(ctx context.Context) error {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("listening on %s: %w", addr, err)
 		}
-		return Serve(ctx, l, h, log)
+		return Serve(ctx, l, h, log, tlsFiles...)
 	}}
 }
 
 // Serve serves h on l with the timeouts a public listener needs, and shuts
-// down gracefully when ctx ends.
-func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger) error {
+// down gracefully when ctx ends. With tlsFiles (certificate and key, PEM) it
+// serves HTTPS, TLS 1.2 or later.
+func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger, tlsFiles ...string) error {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -206,7 +222,12 @@ func Serve(ctx context.Context, l net.Listener, h http.Handler, log *slog.Logger
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(l) }()
+	if len(tlsFiles) == 2 && tlsFiles[0] != "" {
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		go func() { errc <- srv.ServeTLS(l, tlsFiles[0], tlsFiles[1]) }()
+	} else {
+		go func() { errc <- srv.Serve(l) }()
+	}
 	log.Info("listening", "addr", l.Addr().String())
 	select {
 	case err := <-errc:

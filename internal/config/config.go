@@ -51,8 +51,19 @@ type Config struct {
 	UpstreamMaxBody  int64
 	PollInterval     time.Duration
 
-	APIAddr     string
-	MetricsAddr string
+	UpstreamCAFile string // PEM roots for the upstream's certificate, instead of the system's
+
+	APIAddr       string
+	APITokensFile string
+	MetricsAuth   bool
+	APITLSCert    string
+	APITLSKey     string
+	APIRateLimit  float64
+	MetricsAddr   string
+
+	NATSCAFile  string
+	NATSTLSCert string
+	NATSTLSKey  string
 	LogFormat   string
 	LogLevel    string
 
@@ -124,6 +135,26 @@ func settings() []setting {
 		}},
 		{"POLL_INTERVAL", "1m", "how often each incident type and the identities are polled", dur(func(c *Config) *time.Duration { return &c.PollInterval })},
 		{"API_ADDR", ":9000", "address of the HTTP API (and /metrics in standalone)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"API_TOKENS_FILE", "", "file of allowed bearer tokens (sha256:<hex> lines); unset leaves the API open", str(func(c *Config) *string { return &c.APITokensFile })},
+		{"METRICS_AUTH", "false", "require the API tokens on /metrics too", func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			c.MetricsAuth = b
+			return err
+		}},
+		{"API_TLS_CERT", "", "PEM certificate: serve the API over HTTPS (with API_TLS_KEY)", str(func(c *Config) *string { return &c.APITLSCert })},
+		{"API_TLS_KEY", "", "PEM private key of API_TLS_CERT", str(func(c *Config) *string { return &c.APITLSKey })},
+		{"API_RATE_LIMIT", "0", "requests per second per client address (0: no limit)", func(c *Config, v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f < 0 {
+				return errors.New("must be a number of requests per second (0: no limit)")
+			}
+			c.APIRateLimit = f
+			return nil
+		}},
+		{"UPSTREAM_CA_FILE", "", "PEM CA certificates that sign the upstream's certificate (default: the system's)", str(func(c *Config) *string { return &c.UpstreamCAFile })},
+		{"NATS_CA_FILE", "", "PEM CA certificates of the NATS server (TLS)", str(func(c *Config) *string { return &c.NATSCAFile })},
+		{"NATS_TLS_CERT", "", "PEM client certificate for NATS (with NATS_TLS_KEY)", str(func(c *Config) *string { return &c.NATSTLSCert })},
+		{"NATS_TLS_KEY", "", "PEM private key of NATS_TLS_CERT", str(func(c *Config) *string { return &c.NATSTLSKey })},
 		{"METRICS_ADDR", ":9100", "address of /metrics, /healthz and /readyz of the non-API binaries", str(func(c *Config) *string { return &c.MetricsAddr })},
 		{"LOG_FORMAT", "json", "log format: json or text", str(func(c *Config) *string { return &c.LogFormat })},
 		{"LOG_LEVEL", "info", "log level: debug, info, warn, error", str(func(c *Config) *string { return &c.LogLevel })},
@@ -174,6 +205,12 @@ func Load(name string, args []string, getenv func(string) string) (Config, error
 		if err := s.set(&c, *values[s.env]); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", s.env, err)
 		}
+	}
+	if (c.APITLSCert == "") != (c.APITLSKey == "") {
+		return Config{}, errors.New("API_TLS_CERT and API_TLS_KEY go together")
+	}
+	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
+		return Config{}, errors.New("NATS_TLS_CERT and NATS_TLS_KEY go together")
 	}
 	if c.UpstreamTimeout <= 0 {
 		return Config{}, errors.New("UPSTREAM_TIMEOUT: must be positive")

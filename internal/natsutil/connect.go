@@ -19,7 +19,9 @@ type ConnectOptions struct {
 	User      string
 	Password  string
 	Creds     string // credentials file
-	Logger    *slog.Logger
+	// CAFile, CertFile and KeyFile configure TLS to the server.
+	CAFile, CertFile, KeyFile string
+	Logger                    *slog.Logger
 }
 
 // Connect connects to NATS, retrying the first connection until ctx ends, and
@@ -56,6 +58,12 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 	}
 	if o.Creds != "" {
 		opts = append(opts, nats.UserCredentials(o.Creds))
+	}
+	if o.CAFile != "" {
+		opts = append(opts, nats.RootCAs(o.CAFile))
+	}
+	if o.CertFile != "" {
+		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
 	}
 	url := o.URL
 	if url == "" {

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -197,5 +198,23 @@ func TestUserInfoInURLBecomesCredentials(t *testing.T) {
 	}
 	if strings.Contains(c.base.String(), "p@") {
 		t.Errorf("base URL keeps the password: %s", c.base.Redacted())
+	}
+}
+
+// TestVerifiesTheUpstreamCertificate: a certificate from an unknown CA is
+// refused; with that CA given (UPSTREAM_CA_FILE) it is accepted.
+func TestVerifiesTheUpstreamCertificate(t *testing.T) {
+	hs := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `{}`) }))
+	defer hs.Close()
+	c, _ := New(Options{BaseURL: hs.URL, Retry: fastRetry()})
+	_, err := c.Identities(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("unknown CA: err %v, want a certificate error", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(hs.Certificate())
+	c, _ = New(Options{BaseURL: hs.URL, RootCAs: pool, Retry: fastRetry()})
+	if _, err := c.Identities(context.Background()); err != nil {
+		t.Fatalf("with its CA: %v", err)
 	}
 }

@@ -1,5 +1,9 @@
 // Command api serves GET /incidents from INCIDENT_VIEW on API_ADDR, with
 // /metrics, /healthz and /readyz on the same address.
+//
+//	api              serve
+//	api new-token    print a new token and its API_TOKENS_FILE line
+//	api hash-token   print the API_TOKENS_FILE line of the token on stdin
 package main
 
 import (
@@ -12,7 +16,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/telemetry"
 )
 
-func main() { app.Main("api", run) }
+func main() { app.Main("api", run, api.TokenCommands()...) }
 
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reg := telemetry.NewRegistry()
@@ -22,12 +26,13 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(reg), Health: health, Logger: log, Registerer: reg})
+	a, err := api.New(api.OptionsFrom(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(reg), Health: health, Logger: log, Registerer: reg}, cfg))
 	if err != nil {
 		return err
 	}
 	return app.RunAll(ctx,
 		app.Task{Name: "api", Run: a.Run},
-		app.HTTPServer(cfg.APIAddr, a.Handler(), log),
+		app.Task{Name: "sighup", Run: a.ReloadOnHangup},
+		app.HTTPServer(cfg.APIAddr, a.Handler(), log, cfg.APITLSCert, cfg.APITLSKey),
 	)
 }

@@ -1,0 +1,204 @@
+package api
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/incidentpipe/pipeline/internal/testkit"
+	"github.com/incidentpipe/pipeline/internal/topology"
+)
+
+const doc42 = `{"low":{"count":1,"incidents":[{"type":"misuse","priority":"low","employee_id":42,"timestamp":1}]},"medium":{"count":0,"incidents":[]},"high":{"count":0,"incidents":[]},"critical":{"count":0,"incidents":[]}}`
+
+// serveAPI runs the API over a real JetStream view holding employee 42.
+func serveAPI(t *testing.T, o Options) (*httptest.Server, jetstream.KeyValue, *API) {
+	t.Helper()
+	_, js := testkit.Connect(t, testkit.JetStream(t))
+	kv, err := js.KeyValue(context.Background(), topology.BucketView)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.PutString(context.Background(), "42", doc42); err != nil {
+		t.Fatal(err)
+	}
+	o.JS = js
+	a, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = a.Run(ctx) }()
+	hs := httptest.NewServer(a.Handler())
+	t.Cleanup(hs.Close)
+	testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+		return a.store.loaded.Load(), "waiting for the view"
+	})
+	return hs, kv, a
+}
+
+func do(t *testing.T, method, url, token string, header ...string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+func writeTokens(t *testing.T, path string, tokens ...string) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("# API readers\n\n")
+	for _, tok := range tokens {
+		b.WriteString(TokenLine(tok) + "  # a reader\n")
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBearerTokens(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	writeTokens(t, file, "alpha-token")
+	hs, _, a := serveAPI(t, Options{TokensFile: file, MetricsAuth: true, Metrics: promhttp.Handler()})
+
+	for _, path := range []string{"/incidents", "/incidents/42", "/unattributed", "/metrics"} {
+		for _, token := range []string{"", "wrong-token", "alpha-token-but-longer"} {
+			resp, body := do(t, http.MethodGet, hs.URL+path, token)
+			if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer") {
+				t.Errorf("GET %s with %q: %d %q", path, token, resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+			}
+			if token != "" && bytes.Contains(body, []byte(token)) {
+				t.Errorf("the 401 echoes the token")
+			}
+		}
+		if resp, _ := do(t, http.MethodGet, hs.URL+path, "alpha-token"); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s with the right token: %d", path, resp.StatusCode)
+		}
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if resp, _ := do(t, http.MethodGet, hs.URL+path, ""); resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s without a token: %d, want 200", path, resp.StatusCode)
+		}
+	}
+
+	// Rotation: the file changes, the old token stops working without a restart.
+	writeTokens(t, file, "beta-token")
+	testkit.Eventually(t, 15*time.Second, func() (bool, string) {
+		old, _ := do(t, http.MethodGet, hs.URL+"/incidents", "alpha-token")
+		neu, _ := do(t, http.MethodGet, hs.URL+"/incidents", "beta-token")
+		return old.StatusCode == 401 && neu.StatusCode == 200, "waiting for the rotated tokens"
+	})
+	// A broken file keeps the tokens loaded before.
+	if err := os.WriteFile(file, []byte("not a token line\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.ReloadTokens() // what the watcher or SIGHUP does
+	if resp, _ := do(t, http.MethodGet, hs.URL+"/incidents", "beta-token"); resp.StatusCode != 200 {
+		t.Errorf("after a broken tokens file the valid token gets %d", resp.StatusCode)
+	}
+}
+
+func TestParseTokens(t *testing.T) {
+	good := "# comment\n\n" + TokenLine("x") + "\n  " + TokenLine("y") + " # trailing\n"
+	if d, err := ParseTokens([]byte(good)); err != nil || len(d) != 2 {
+		t.Fatalf("ParseTokens: %d %v", len(d), err)
+	}
+	for _, bad := range []string{"secret-token\n", "sha256:abc\n", "sha1:" + strings.Repeat("a", 40) + "\n"} {
+		_, err := ParseTokens([]byte(bad))
+		if err == nil {
+			t.Errorf("ParseTokens(%q) accepted", bad)
+		} else if strings.Contains(err.Error(), strings.TrimSpace(bad)) {
+			t.Errorf("the error echoes the line: %v", err)
+		}
+	}
+}
+
+func TestDataResponses(t *testing.T) {
+	hs, kv, _ := serveAPI(t, Options{})
+	resp, body := do(t, http.MethodGet, hs.URL+"/incidents", "")
+	if resp.StatusCode != 200 || string(body) != `{"42":`+doc42+`}` {
+		t.Fatalf("GET /incidents: %d %s", resp.StatusCode, body)
+	}
+	h := resp.Header
+	if h.Get("Content-Type") != "application/json" || h.Get("X-Content-Type-Options") != "nosniff" ||
+		!strings.Contains(h.Get("Cache-Control"), "no-store") || h.Get("ETag") == "" {
+		t.Errorf("headers %v", h)
+	}
+	if resp, _ := do(t, http.MethodGet, hs.URL+"/incidents", "", "If-None-Match", h.Get("ETag")); resp.StatusCode != http.StatusNotModified {
+		t.Errorf("If-None-Match: %d, want 304", resp.StatusCode)
+	}
+	resp, gz := do(t, http.MethodGet, hs.URL+"/incidents", "", "Accept-Encoding", "gzip")
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil || resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Fatalf("gzip: %v %v", err, resp.Header)
+	}
+	plain, _ := io.ReadAll(zr)
+	if !bytes.Equal(plain, body) {
+		t.Error("gzip body differs from the plain one")
+	}
+	if resp, b := do(t, http.MethodHead, hs.URL+"/incidents", ""); resp.StatusCode != 200 || len(b) != 0 || resp.ContentLength != int64(len(body)) {
+		t.Errorf("HEAD: %d, %d bytes, length %d", resp.StatusCode, len(b), resp.ContentLength)
+	}
+	for _, m := range []string{http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch} {
+		if resp, _ := do(t, m, hs.URL+"/incidents", ""); resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Errorf("%s /incidents: %d, want 405", m, resp.StatusCode)
+		}
+	}
+	if resp, b := do(t, http.MethodGet, hs.URL+"/incidents/7", ""); resp.StatusCode != 404 || !strings.Contains(string(b), "error") {
+		t.Errorf("unknown employee: %d %s", resp.StatusCode, b)
+	}
+	// A change shows up, with a new ETag.
+	if err := kv.Delete(context.Background(), "42"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+		r, b := do(t, http.MethodGet, hs.URL+"/incidents", "")
+		return string(b) == "{}" && r.Header.Get("ETag") != h.Get("ETag"), string(b)
+	})
+}
+
+func TestRateLimit(t *testing.T) {
+	hs, _, _ := serveAPI(t, Options{RateLimit: 2})
+	limited := 0
+	for range 20 {
+		if resp, _ := do(t, http.MethodGet, hs.URL+"/incidents", ""); resp.StatusCode == http.StatusTooManyRequests {
+			limited++
+			if resp.Header.Get("Retry-After") == "" {
+				t.Error("429 without Retry-After")
+			}
+		}
+	}
+	if limited < 10 {
+		t.Errorf("%d of 20 quick requests limited at 2/s, want most", limited)
+	}
+}
