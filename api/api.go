@@ -140,7 +140,15 @@ func (a *API) ReloadTokens() {
 }
 
 func (a *API) all(w http.ResponseWriter, r *http.Request) {
-	serve(w, r, a.store.snap.Load().all)
+	f, used, err := parseFilter(r.URL.Query())
+	switch {
+	case err != nil:
+		writeError(w, http.StatusBadRequest, err.Error())
+	case used:
+		a.filtered(w, r, f)
+	default:
+		serve(w, r, a.store.snap.Load().all)
+	}
 }
 
 func (a *API) employee(w http.ResponseWriter, r *http.Request) {

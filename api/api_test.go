@@ -202,3 +202,50 @@ func TestRateLimit(t *testing.T) {
 		t.Errorf("%d of 20 quick requests limited at 2/s, want most", limited)
 	}
 }
+
+func TestFiltersAndPaging(t *testing.T) {
+	hs, kv, _ := serveAPI(t, Options{})
+	docs := map[string]string{
+		"7": `{"low":{"count":1,"incidents":[{"type":"probing","priority":"low","ip":"10.0.0.1","timestamp":5}]},"medium":{"count":0,"incidents":[]},"high":{"count":2,"incidents":[{"type":"misuse","priority":"high","employee_id":7,"timestamp":1},{"type":"denial","priority":"high","reported_by":7,"timestamp":9}]},"critical":{"count":0,"incidents":[]}}`,
+		"100": `{"low":{"count":0,"incidents":[]},"medium":{"count":1,"incidents":[{"type":"misuse","priority":"medium","employee_id":100,"timestamp":3}]},"high":{"count":0,"incidents":[]},"critical":{"count":0,"incidents":[]}}`,
+	}
+	for k, v := range docs {
+		if _, err := kv.PutString(context.Background(), k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+		_, b := do(t, http.MethodGet, hs.URL+"/incidents", "")
+		return strings.Contains(string(b), `"100"`) && strings.Contains(string(b), `"7"`), string(b)
+	})
+	tests := []struct {
+		query, want string
+	}{
+		{"priority=high", `{"7":{"low":{"count":0,"incidents":[]},"medium":{"count":0,"incidents":[]},"high":{"count":2,"incidents":[{"type":"misuse","priority":"high","employee_id":7,"timestamp":1},{"type":"denial","priority":"high","reported_by":7,"timestamp":9}]},"critical":{"count":0,"incidents":[]}}}`},
+		{"type=misuse&since=2", `{"100":` + docs["100"] + `}`},
+		{"priority=low,medium&until=4", `{"42":` + doc42 + `,"100":` + docs["100"] + `}`},
+		{"type=denial&type=probing&since=5&until=9", `{"7":{"low":{"count":1,"incidents":[{"type":"probing","priority":"low","ip":"10.0.0.1","timestamp":5}]},"medium":{"count":0,"incidents":[]},"high":{"count":1,"incidents":[{"type":"denial","priority":"high","reported_by":7,"timestamp":9}]},"critical":{"count":0,"incidents":[]}}}`},
+		{"limit=2", `{"7":` + docs["7"] + `,"42":` + doc42 + `}`},
+		{"limit=2&cursor=42", `{"100":` + docs["100"] + `}`},
+		{"priority=critical", `{}`},
+	}
+	for _, tt := range tests {
+		resp, b := do(t, http.MethodGet, hs.URL+"/incidents?"+tt.query, "")
+		if resp.StatusCode != 200 || string(b) != tt.want {
+			t.Errorf("?%s: %d\n%s\nwant\n%s", tt.query, resp.StatusCode, b, tt.want)
+		}
+	}
+	resp, _ := do(t, http.MethodGet, hs.URL+"/incidents?limit=1", "")
+	if resp.Header.Get("X-Next-Cursor") != "7" || !strings.Contains(resp.Header.Get("Link"), "cursor=7") {
+		t.Errorf("paging headers %v", resp.Header)
+	}
+	resp, _ = do(t, http.MethodGet, hs.URL+"/incidents?limit=5", "")
+	if resp.Header.Get("X-Next-Cursor") != "" {
+		t.Errorf("last page has a next cursor %q", resp.Header.Get("X-Next-Cursor"))
+	}
+	for _, bad := range []string{"priority=urgent", "type=phishing", "since=yesterday", "limit=0", "limit=100000", "cursor=abc", "colour=red"} {
+		if resp, b := do(t, http.MethodGet, hs.URL+"/incidents?"+bad, ""); resp.StatusCode != 400 || !strings.Contains(string(b), "error") {
+			t.Errorf("?%s: %d %s, want 400", bad, resp.StatusCode, b)
+		}
+	}
+}

@@ -24,12 +24,27 @@ import (
 )
 
 // body is a response prepared once: its bytes, its ETag, and a gzip copy
-// made on first demand.
+// and a parsed copy made on first demand.
 type body struct {
 	raw  []byte
 	etag string
 	once sync.Once
 	gz   []byte
+
+	parseOnce sync.Once
+	parsed    *view.Employee
+}
+
+// employee returns the parsed employee document, parsing at most once.
+func (b *body) employee() *view.Employee {
+	b.parseOnce.Do(func() {
+		doc, err := view.ParseEmployee(b.raw)
+		if err != nil {
+			doc = &view.Employee{}
+		}
+		b.parsed = doc
+	})
+	return b.parsed
 }
 
 func newBody(raw []byte) *body {
@@ -53,6 +68,7 @@ func (b *body) gzipped() []byte {
 // snapshot is everything the API serves, prepared when the view changed.
 type snapshot struct {
 	all          *body
+	keys         []string // employee ids in document order
 	employees    map[string]*body
 	unattributed *body
 }
@@ -260,6 +276,7 @@ func (s *store) rebuild() {
 	}
 	s.snap.Store(&snapshot{
 		all:          newBody(buf.Bytes()),
+		keys:         keys,
 		employees:    employees,
 		unattributed: newBody(view.MergeUnattributed(docs)),
 	})

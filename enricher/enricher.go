@@ -166,41 +166,26 @@ func (e *Enricher) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
 // enrich starts the publishes of one raw incident. An invalid incident is
 // dead-lettered (synchronously) and returns no futures.
 func (e *Enricher) enrich(ctx context.Context, m jetstream.Msg) ([]jetstream.PubAckFuture, error) {
-	t, err := topology.TypeOfRawSubject(m.Subject())
-	var in incident.Incident
-	if err != nil {
-		err = &incident.InvalidError{Reason: incident.ReasonUnknownType, Detail: err.Error()}
-	} else {
-		in, err = incident.Decode(t, m.Data())
-	}
+	env, in, err := attribute(m.Subject(), m.Data(), e.ids)
 	if err != nil {
 		id := m.Headers().Get(topology.HeaderMsgID)
 		if id == "" {
-			id = incident.ID(t, m.Data())
+			id = incident.ID(env.Type, m.Data())
 		}
-		letter := dlq.Letter{Type: string(t), ID: id, Subject: m.Subject(), Data: m.Data(), Err: err}
+		letter := dlq.Letter{Type: string(env.Type), ID: id, Subject: m.Subject(), Data: m.Data(), Err: err}
 		if err := e.dlq.Publish(ctx, letter); err != nil {
 			return nil, err
 		}
 		e.metrics.dlq.WithLabelValues(topology.StageEnricher, letter.Reason()).Inc()
-		e.log.Warn("invalid incident dead-lettered", "type", t, "id", id, "reason", letter.Reason(), "error", err)
+		e.log.Warn("invalid incident dead-lettered", "type", env.Type, "id", id, "reason", letter.Reason(), "error", err)
 		return nil, nil
 	}
-	env := envelope.Enriched{ID: in.ID, Type: t, Incident: m.Data()}
-	if !in.Identity.IsIP() {
-		env.EmployeeID = in.Identity.EmployeeID
-		e.metrics.enriched.WithLabelValues(string(t), "attributed").Inc()
+	if env.EmployeeID != "" {
+		e.metrics.enriched.WithLabelValues(string(env.Type), "attributed").Inc()
 		f, err := e.publish(env, false)
 		return []jetstream.PubAckFuture{f}, err
 	}
-	env.IP = in.Identity.IP.String()
-	if emp, ok := e.ids.lookup(in.Identity.IP); ok {
-		env.EmployeeID = emp
-		e.metrics.enriched.WithLabelValues(string(t), "attributed").Inc()
-		f, err := e.publish(env, false)
-		return []jetstream.PubAckFuture{f}, err
-	}
-	e.metrics.enriched.WithLabelValues(string(t), "unattributed").Inc()
+	e.metrics.enriched.WithLabelValues(string(env.Type), "unattributed").Inc()
 	f, err := e.publish(env, false)
 	if err != nil {
 		return nil, err
@@ -217,6 +202,28 @@ func (e *Enricher) enrich(ctx context.Context, m jetstream.Msg) ([]jetstream.Pub
 		futures = append(futures, f)
 	}
 	return futures, nil
+}
+
+// attribute decodes a raw incident read from subject and resolves its
+// employee: directly, or through ids; EmployeeID stays empty for an IP that
+// no identity covers. The error is an *incident.InvalidError.
+func attribute(subject string, data []byte, ids *identities) (envelope.Enriched, incident.Incident, error) {
+	t, err := topology.TypeOfRawSubject(subject)
+	if err != nil {
+		return envelope.Enriched{}, incident.Incident{}, &incident.InvalidError{Reason: incident.ReasonUnknownType, Detail: err.Error()}
+	}
+	in, err := incident.Decode(t, data)
+	env := envelope.Enriched{ID: in.ID, Type: t, Incident: data}
+	if err != nil {
+		return env, in, err
+	}
+	if !in.Identity.IsIP() {
+		env.EmployeeID = in.Identity.EmployeeID
+		return env, in, nil
+	}
+	env.IP = in.Identity.IP.String()
+	env.EmployeeID, _ = ids.lookup(in.Identity.IP)
+	return env, in, nil
 }
 
 // publish sends an enriched incident: attributed to its employee's subject,

@@ -88,8 +88,8 @@ func Decode(t Type, raw []byte) (Incident, error) {
 	for _, f := range fields {
 		switch f.Key {
 		case "priority":
-			var p string
-			if json.Unmarshal(f.Value, &p) != nil || Priority(p).Index() < 0 {
+			p, ok := stringContent(f.Value)
+			if !ok && json.Unmarshal(f.Value, &p) != nil || Priority(p).Index() < 0 {
 				return Incident{}, invalid(ReasonUnknownPriority, "priority %s is not one of low, medium, high, critical", truncate(string(f.Value)))
 			}
 			in.Priority, havePriority = Priority(p), true
@@ -130,30 +130,7 @@ func objectFields(raw []byte) ([]Field, error) {
 	if !json.Valid(raw) {
 		return nil, invalid(ReasonInvalidJSON, "incident is not valid JSON")
 	}
-	if len(raw) == 0 || raw[0] != '{' {
-		return nil, invalid(ReasonNotObject, "incident is not a JSON object: %s", truncate(string(raw)))
-	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if _, err := dec.Token(); err != nil { // '{'
-		return nil, invalid(ReasonInvalidJSON, "%v", err)
-	}
-	var fields []Field
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, invalid(ReasonInvalidJSON, "%v", err)
-		}
-		key, _ := tok.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, invalid(ReasonInvalidJSON, "%v", err)
-		}
-		if key == "type" {
-			continue
-		}
-		fields = append(fields, Field{Key: key, Value: v})
-	}
-	return fields, nil
+	return scanObject(raw, false)
 }
 
 // ViewJSON returns the incident as the view shows it: "type" first, then the
@@ -163,27 +140,37 @@ func (in Incident) ViewJSON() []byte {
 }
 
 func viewJSON(t Type, fields []Field) []byte {
-	var b bytes.Buffer
-	b.WriteString(`{"type":`)
-	writeString(&b, string(t))
+	size := 16
 	for _, f := range fields {
-		b.WriteByte(',')
-		writeString(&b, f.Key)
-		b.WriteByte(':')
-		if err := json.Compact(&b, f.Value); err != nil {
-			b.Write(f.Value) // already validated; never reached
-		}
+		size += len(f.Key) + len(f.Value) + 4
 	}
-	b.WriteByte('}')
-	return b.Bytes()
+	b := make([]byte, 0, size)
+	b = append(b, `{"type":`...)
+	b = appendString(b, string(t))
+	for _, f := range fields {
+		b = append(b, ',')
+		b = appendString(b, f.Key)
+		b = append(b, ':')
+		b = appendCompact(b, f.Value)
+	}
+	return append(b, '}')
+}
+
+// appendCompact appends a JSON value without insignificant white space.
+func appendCompact(dst, v []byte) []byte {
+	if bytes.IndexAny(v, " \t\n\r") < 0 {
+		return append(dst, v...)
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, v); err != nil {
+		return append(dst, v...) // validated already; never reached
+	}
+	return append(dst, buf.Bytes()...)
 }
 
 // writeString writes s as a JSON string without HTML escaping.
 func writeString(b *bytes.Buffer, s string) {
-	enc := json.NewEncoder(b)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s)
-	b.Truncate(b.Len() - 1) // Encode appends a newline
+	b.Write(appendString(b.AvailableBuffer(), s))
 }
 
 // Timestamp is an incident timestamp: the JSON number exactly as received,
@@ -196,6 +183,13 @@ type Timestamp struct {
 // ParseTimestamp accepts a finite JSON number.
 func ParseTimestamp(raw []byte) (Timestamp, error) {
 	raw = bytes.TrimSpace(raw)
+	if len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9') && json.Valid(raw) {
+		f, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
+			return Timestamp{}, fmt.Errorf("timestamp %s is out of range", truncate(string(raw)))
+		}
+		return Timestamp{Literal: string(raw), Value: f}, nil
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var v any

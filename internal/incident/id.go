@@ -26,9 +26,24 @@ func ID(t Type, raw []byte) string {
 // ViewID returns the id of an incident as the view shows it ("type" inside).
 // ViewID(in.ViewJSON()) == in.ID.
 func ViewID(view []byte) (string, error) {
+	id, _, err := ViewEntry(view)
+	return id, err
+}
+
+// ViewEntry returns the id and the timestamp of an incident as the view
+// shows it, reading it once.
+func ViewEntry(view []byte) (string, Timestamp, error) {
 	fields, err := objectFieldsKeepType(view)
 	if err != nil {
-		return "", err
+		return "", Timestamp{}, err
+	}
+	var ts Timestamp
+	for _, f := range fields {
+		if f.Key == "timestamp" {
+			if ts, err = ParseTimestamp(f.Value); err != nil {
+				return "", Timestamp{}, err
+			}
+		}
 	}
 	var t Type
 	rest := fields[:0:0]
@@ -39,33 +54,37 @@ func ViewID(view []byte) (string, error) {
 		}
 		rest = append(rest, f)
 	}
-	return idOfFields(t, rest), nil
+	return idOfFields(t, rest), ts, nil
 }
 
 func objectFieldsKeepType(raw []byte) ([]Field, error) {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, invalid(ReasonInvalidJSON, "%v", err)
+	raw = bytes.TrimSpace(raw)
+	if !json.Valid(raw) {
+		return nil, invalid(ReasonInvalidJSON, "stored incident is not valid JSON")
 	}
-	fields := make([]Field, 0, len(m))
-	for k, v := range m {
-		fields = append(fields, Field{Key: k, Value: v})
-	}
-	return fields, nil
+	return scanObject(raw, true)
 }
 
 func idOfFields(t Type, fields []Field) string {
-	var b bytes.Buffer
+	size := 16
+	for _, f := range fields {
+		size += len(f.Key) + len(f.Value) + 4
+	}
+	b := bytes.NewBuffer(make([]byte, 0, size))
 	b.WriteString(`{"type":`)
-	writeString(&b, string(t))
+	writeString(b, string(t))
 	sorted := make([]Field, len(fields))
 	copy(sorted, fields)
+	// Last member wins for a duplicated key, as when decoding into a map.
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Key < sorted[j].Key })
-	for _, f := range sorted {
+	for i, f := range sorted {
+		if i+1 < len(sorted) && sorted[i+1].Key == f.Key {
+			continue
+		}
 		b.WriteByte(',')
-		writeString(&b, f.Key)
+		writeString(b, f.Key)
 		b.WriteByte(':')
-		writeCanonical(&b, f.Value)
+		writeCanonical(b, f.Value)
 	}
 	b.WriteByte('}')
 	sum := sha256.Sum256(b.Bytes())
@@ -75,6 +94,22 @@ func idOfFields(t Type, fields []Field) string {
 // writeCanonical writes a JSON value with object keys sorted, no white space,
 // strings re-escaped one way and numbers in a normal decimal form.
 func writeCanonical(b *bytes.Buffer, raw json.RawMessage) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) > 0 {
+		switch c := raw[0]; {
+		case c == '-' || c >= '0' && c <= '9':
+			b.Write(canonicalNumberBytes(raw))
+			return
+		case c == 't' || c == 'f' || c == 'n':
+			b.Write(raw)
+			return
+		case c == '"':
+			if s, ok := stringContent(raw); ok {
+				writeString(b, s)
+				return
+			}
+		}
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
 	var v any
@@ -125,6 +160,15 @@ func writeCanonicalValue(b *bytes.Buffer, v any) {
 	default:
 		b.WriteString("null")
 	}
+}
+
+// canonicalNumberBytes is canonicalNumber over bytes.
+func canonicalNumberBytes(s []byte) []byte {
+	if bytes.ContainsAny(s, "eE") || !bytes.Contains(s, []byte(".")) {
+		return s
+	}
+	s = bytes.TrimRight(s, "0")
+	return bytes.TrimSuffix(s, []byte("."))
 }
 
 // canonicalNumber drops trailing zeros of a plain decimal fraction, so that

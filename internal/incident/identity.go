@@ -64,6 +64,9 @@ func ParseIP(s string) (netip.Addr, error) {
 
 // parseIdentity interprets the raw JSON value of an identity field.
 func parseIdentity(raw json.RawMessage, kind IdentityKind) (Identity, error) {
+	if s, ok := stringContent(raw); ok {
+		return identityOfString(s, kind)
+	}
 	var v any
 	dec := json.NewDecoder(strings.NewReader(string(raw)))
 	dec.UseNumber()
@@ -81,25 +84,30 @@ func parseIdentity(raw json.RawMessage, kind IdentityKind) (Identity, error) {
 		}
 		return Identity{EmployeeID: id}, nil
 	case string:
-		if kind != ByIP {
-			if id, err := ParseEmployeeID(x); err == nil {
-				return Identity{EmployeeID: id}, nil
-			}
-			if kind == ByEmployee {
-				return Identity{}, fmt.Errorf("%q is not an employee id", truncate(x))
-			}
-		}
-		ip, err := ParseIP(x)
-		if err != nil {
-			if kind == ByIP {
-				return Identity{}, fmt.Errorf("%q is not an IP address", truncate(x))
-			}
-			return Identity{}, fmt.Errorf("%q is neither an employee id nor an IP address", truncate(x))
-		}
-		return Identity{IP: ip}, nil
+		return identityOfString(x, kind)
 	default:
 		return Identity{}, fmt.Errorf("want a number or string, got %s", truncate(string(raw)))
 	}
+}
+
+// identityOfString interprets a string identity: digits are an employee id.
+func identityOfString(x string, kind IdentityKind) (Identity, error) {
+	if kind != ByIP {
+		if id, err := ParseEmployeeID(x); err == nil {
+			return Identity{EmployeeID: id}, nil
+		}
+		if kind == ByEmployee {
+			return Identity{}, fmt.Errorf("%q is not an employee id", truncate(x))
+		}
+	}
+	ip, err := ParseIP(x)
+	if err != nil {
+		if kind == ByIP {
+			return Identity{}, fmt.Errorf("%q is not an IP address", truncate(x))
+		}
+		return Identity{}, fmt.Errorf("%q is neither an employee id nor an IP address", truncate(x))
+	}
+	return Identity{IP: ip}, nil
 }
 
 // truncate keeps error messages short whatever the input.

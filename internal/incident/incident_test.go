@@ -178,3 +178,21 @@ func TestDecodeResults(t *testing.T) {
 		}
 	}
 }
+
+func BenchmarkDecodeAndID(b *testing.B) {
+	raw := []byte(`{"priority":"critical","reported_by":325375,"timestamp":1629254311.8207245,"source_ip":"112.248.31.181"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(Denial, raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkID(b *testing.B) {
+	raw := []byte(`{"priority":"critical","reported_by":325375,"timestamp":1629254311.8207245,"source_ip":"112.248.31.181"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = ID(Denial, raw)
+	}
+}

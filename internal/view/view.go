@@ -27,17 +27,7 @@ func EntryOf(in incident.Incident) Entry {
 
 // parseEntry reads back an incident stored in a document.
 func parseEntry(raw json.RawMessage) (Entry, error) {
-	var head struct {
-		Timestamp json.RawMessage `json:"timestamp"`
-	}
-	if err := json.Unmarshal(raw, &head); err != nil {
-		return Entry{}, fmt.Errorf("decoding stored incident: %w", err)
-	}
-	ts, err := incident.ParseTimestamp(head.Timestamp)
-	if err != nil {
-		return Entry{}, fmt.Errorf("decoding stored incident: %w", err)
-	}
-	id, err := incident.ViewID(raw)
+	id, ts, err := incident.ViewEntry(raw)
 	if err != nil {
 		return Entry{}, fmt.Errorf("decoding stored incident: %w", err)
 	}

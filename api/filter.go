@@ -1,0 +1,196 @@
+package api
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/view"
+)
+
+// filter is a query of GET /incidents.
+type filter struct {
+	priorities [4]bool // by priority index; all true when not given
+	types      map[incident.Type]bool
+	since      *float64
+	until      *float64
+	limit      int
+	cursor     string
+}
+
+// maxLimit bounds one page of employees.
+const maxLimit = 10000
+
+// parseFilter reads priority=, type= (each repeatable or comma-separated),
+// since=, until= (timestamps, inclusive), limit= and cursor=. It reports
+// false when the query has none of them.
+func parseFilter(q url.Values) (filter, bool, error) {
+	f := filter{priorities: [4]bool{true, true, true, true}}
+	used := false
+	for key, values := range q {
+		used = true
+		var list []string
+		for _, v := range values {
+			list = append(list, strings.Split(v, ",")...)
+		}
+		switch key {
+		case "priority":
+			f.priorities = [4]bool{}
+			for _, p := range list {
+				i := incident.Priority(p).Index()
+				if i < 0 {
+					return f, true, fmt.Errorf("priority %q: want low, medium, high or critical", p)
+				}
+				f.priorities[i] = true
+			}
+		case "type":
+			f.types = map[incident.Type]bool{}
+			for _, t := range list {
+				typ, err := incident.ParseType(t)
+				if err != nil {
+					return f, true, err
+				}
+				f.types[typ] = true
+			}
+		case "since", "until":
+			v, err := strconv.ParseFloat(values[0], 64)
+			if err != nil || len(values) > 1 {
+				return f, true, fmt.Errorf("%s: want one timestamp (seconds since the epoch)", key)
+			}
+			if key == "since" {
+				f.since = &v
+			} else {
+				f.until = &v
+			}
+		case "limit":
+			n, err := strconv.Atoi(values[0])
+			if err != nil || n < 1 || n > maxLimit {
+				return f, true, fmt.Errorf("limit: want a number of employees from 1 to %d", maxLimit)
+			}
+			f.limit = n
+		case "cursor":
+			f.cursor = values[0]
+		default:
+			return f, true, fmt.Errorf("unknown query parameter %q", key)
+		}
+	}
+	return f, used, nil
+}
+
+func (f filter) keeps(e view.Entry, t incident.Type) bool {
+	if f.types != nil && !f.types[t] {
+		return false
+	}
+	if f.since != nil && e.Timestamp.Value < *f.since {
+		return false
+	}
+	return f.until == nil || e.Timestamp.Value <= *f.until
+}
+
+// onlyPaging reports whether f selects every incident (it may still page).
+func (f filter) onlyPaging() bool {
+	return f.priorities == [4]bool{true, true, true, true} && f.types == nil && f.since == nil && f.until == nil
+}
+
+// errNoCursor is a cursor that names no place in the document.
+var errNoCursor = errors.New("cursor: not a cursor this API gave")
+
+// render writes the filtered document of snap, in document order, and
+// returns the cursor of the next page ("" on the last).
+func (f filter) render(snap *snapshot) ([]byte, string, error) {
+	keys := snap.keys
+	if f.cursor != "" {
+		if _, err := incident.ParseEmployeeID(f.cursor); err != nil {
+			return nil, "", errNoCursor
+		}
+		i, found := slices.BinarySearchFunc(keys, f.cursor, compareEmployeeIDs)
+		if found {
+			i++
+		}
+		keys = keys[i:]
+	}
+	var b bytes.Buffer
+	b.WriteByte('{')
+	written, next := 0, ""
+	for i, k := range keys {
+		if f.limit > 0 && written == f.limit {
+			next = keys[i-1]
+			break
+		}
+		doc := snap.employees[k]
+		var raw []byte
+		if f.onlyPaging() {
+			raw = doc.raw
+		} else {
+			raw = f.filterEmployee(doc.employee())
+			if raw == nil {
+				continue
+			}
+		}
+		if written > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Quote(k))
+		b.WriteByte(':')
+		b.Write(raw)
+		written++
+	}
+	b.WriteByte('}')
+	return b.Bytes(), next, nil
+}
+
+// filterEmployee returns the employee's document with only the incidents f
+// keeps, or nil when none is left.
+func (f filter) filterEmployee(doc *view.Employee) []byte {
+	var out view.Employee
+	n := 0
+	for i, l := range doc.Buckets {
+		if !f.priorities[i] {
+			continue
+		}
+		for _, e := range l {
+			var head struct {
+				Type incident.Type `json:"type"`
+			}
+			if f.types != nil {
+				if err := json.Unmarshal(e.JSON, &head); err != nil {
+					continue
+				}
+			}
+			if f.keeps(e, head.Type) {
+				out.Buckets[i] = append(out.Buckets[i], e)
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	b, _ := out.MarshalJSON()
+	return b
+}
+
+// filtered answers a GET /incidents with a query: computed per request, as
+// the combinations cannot all be prepared.
+func (a *API) filtered(w http.ResponseWriter, r *http.Request, f filter) {
+	snap := a.store.snap.Load()
+	raw, next, err := f.render(snap)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if next != "" {
+		q := r.URL.Query()
+		q.Set("cursor", next)
+		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
+		w.Header().Set("X-Next-Cursor", next)
+	}
+	serve(w, r, newBody(raw))
+}
