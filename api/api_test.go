@@ -206,7 +206,7 @@ func TestRateLimit(t *testing.T) {
 func TestFiltersAndPaging(t *testing.T) {
 	hs, kv, _ := serveAPI(t, Options{})
 	docs := map[string]string{
-		"7": `{"low":{"count":1,"incidents":[{"type":"probing","priority":"low","ip":"10.0.0.1","timestamp":5}]},"medium":{"count":0,"incidents":[]},"high":{"count":2,"incidents":[{"type":"misuse","priority":"high","employee_id":7,"timestamp":1},{"type":"denial","priority":"high","reported_by":7,"timestamp":9}]},"critical":{"count":0,"incidents":[]}}`,
+		"7":   `{"low":{"count":1,"incidents":[{"type":"probing","priority":"low","ip":"10.0.0.1","timestamp":5}]},"medium":{"count":0,"incidents":[]},"high":{"count":2,"incidents":[{"type":"misuse","priority":"high","employee_id":7,"timestamp":1},{"type":"denial","priority":"high","reported_by":7,"timestamp":9}]},"critical":{"count":0,"incidents":[]}}`,
 		"100": `{"low":{"count":0,"incidents":[]},"medium":{"count":1,"incidents":[{"type":"misuse","priority":"medium","employee_id":100,"timestamp":3}]},"high":{"count":0,"incidents":[]},"critical":{"count":0,"incidents":[]}}`,
 	}
 	for k, v := range docs {
