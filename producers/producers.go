@@ -50,7 +50,7 @@ type Producers struct {
 	metrics  *metrics
 
 	mu   sync.Mutex
-	seen map[incident.Type]map[string]struct{} // ids known to be in INCIDENTS_RAW
+	seen map[incident.Type]*seenSet // what is known to be in INCIDENTS_RAW
 }
 
 // New returns producers for o.
@@ -77,7 +77,7 @@ func New(o Options) (*Producers, error) {
 		types:    o.Types,
 		log:      o.Logger.With("stage", topology.StageProducers),
 		metrics:  newMetrics(o.Registerer, o.Types),
-		seen:     map[incident.Type]map[string]struct{}{},
+		seen:     map[incident.Type]*seenSet{},
 	}, nil
 }
 
@@ -155,13 +155,13 @@ func (p *Producers) sleep(ctx context.Context, d time.Duration) {
 // restarted producer does not publish them again.
 func (p *Producers) loadSeen(ctx context.Context) error {
 	for _, t := range p.types {
-		ids := map[string]struct{}{}
-		_, err := readIDs(ctx, p.js, t, func(id string) { ids[id] = struct{}{} })
+		set := newSeenSet()
+		_, err := readIDs(ctx, p.js, t, set.addID)
 		if err != nil {
 			return fmt.Errorf("loading published ids of %s: %w", t, err)
 		}
 		p.mu.Lock()
-		p.seen[t] = ids
+		p.seen[t] = set
 		p.mu.Unlock()
 	}
 	return nil
@@ -186,30 +186,18 @@ func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, erro
 	p.mu.Lock()
 	seen := p.seen[t]
 	if seen == nil {
-		seen = map[string]struct{}{}
+		seen = newSeenSet()
 		p.seen[t] = seen
 	}
-	var fresh []rawIncident
-	batchIDs := map[string]bool{}
-	for _, raw := range items {
-		id := incident.ID(t, raw)
-		if _, ok := seen[id]; ok || batchIDs[id] {
-			continue
-		}
-		batchIDs[id] = true
-		fresh = append(fresh, rawIncident{id: id, data: raw})
-	}
 	p.mu.Unlock()
-
+	fresh := seen.fresh(t, items)
 	stored, err := publishRaw(ctx, p.js, t, fresh)
-	p.mu.Lock()
 	for _, r := range stored {
-		seen[r.id] = struct{}{}
+		seen.add(r)
 		if r.new {
 			res.Published++
 		}
 	}
-	p.mu.Unlock()
 	p.metrics.published.WithLabelValues(string(t)).Add(float64(res.Published))
 	if err != nil {
 		p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "error").Inc()

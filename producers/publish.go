@@ -14,12 +14,13 @@ import (
 )
 
 type rawIncident struct {
-	id   string
-	data []byte
+	id      string
+	data    []byte
+	rawHash uint64
 }
 
 type storedIncident struct {
-	id  string
+	rawIncident
 	new bool // false when JetStream already had it (another copy published it)
 }
 
@@ -47,7 +48,7 @@ func publishRaw(ctx context.Context, js jetstream.JetStream, t incident.Type, it
 		for i, f := range futures {
 			select {
 			case ack := <-f.Ok():
-				stored = append(stored, storedIncident{id: chunk[i].id, new: !ack.Duplicate})
+				stored = append(stored, storedIncident{rawIncident: chunk[i], new: !ack.Duplicate})
 			case err := <-f.Err():
 				errs = append(errs, err)
 			case <-ctx.Done():

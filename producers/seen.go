@@ -1,0 +1,74 @@
+package producers
+
+import (
+	"encoding/json"
+	"hash/maphash"
+	"strconv"
+	"sync"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+)
+
+// seenSet remembers what one type's poller knows to be in INCIDENTS_RAW, in
+// 8 bytes an incident: the first 64 bits of the incident id, and a hash of
+// the exact bytes last received, so that an unchanged incident on the next
+// poll is skipped without decoding it.
+type seenSet struct {
+	seed maphash.Seed
+
+	mu  sync.Mutex
+	ids map[uint64]struct{}
+	raw map[uint64]struct{}
+}
+
+func newSeenSet() *seenSet {
+	return &seenSet{seed: maphash.MakeSeed(), ids: map[uint64]struct{}{}, raw: map[uint64]struct{}{}}
+}
+
+// idKey is the first 64 bits of a hex incident id (or of any other string).
+func idKey(id string) uint64 {
+	if len(id) >= 16 {
+		if k, err := strconv.ParseUint(id[:16], 16, 64); err == nil {
+			return k
+		}
+	}
+	return maphash.String(maphash.Seed{}, id)
+}
+
+// addID records an id read back from the stream.
+func (s *seenSet) addID(id string) {
+	s.mu.Lock()
+	s.ids[idKey(id)] = struct{}{}
+	s.mu.Unlock()
+}
+
+// add records a stored incident.
+func (s *seenSet) add(r storedIncident) {
+	s.mu.Lock()
+	s.ids[idKey(r.id)] = struct{}{}
+	s.raw[r.rawHash] = struct{}{}
+	s.mu.Unlock()
+}
+
+// fresh returns the incidents of a poll not known to be stored, each once.
+func (s *seenSet) fresh(t incident.Type, items []json.RawMessage) []rawIncident {
+	var out []rawIncident
+	inBatch := map[uint64]bool{}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, raw := range items {
+		h := maphash.Bytes(s.seed, raw)
+		if _, ok := s.raw[h]; ok {
+			continue
+		}
+		id := incident.ID(t, raw)
+		k := idKey(id)
+		if _, ok := s.ids[k]; ok || inBatch[k] {
+			s.raw[h] = struct{}{} // the same incident in other bytes: skip those too
+			continue
+		}
+		inBatch[k] = true
+		out = append(out, rawIncident{id: id, data: raw, rawHash: h})
+	}
+	return out
+}
