@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -53,6 +52,12 @@ func newBody(raw []byte) *body {
 	return &body{raw: raw, etag: `"` + strconv.FormatUint(h.Sum64(), 36) + "-" + strconv.Itoa(len(raw)) + `"`}
 }
 
+// newGenerationBody is newBody for large documents: its ETag names the
+// process and the generation of the view instead of hashing every byte.
+func newGenerationBody(raw []byte, boot string, generation uint64) *body {
+	return &body{raw: raw, etag: `"` + boot + "-" + strconv.FormatUint(generation, 36) + `"`}
+}
+
 // gzipped returns the compressed copy, compressing at most once.
 func (b *body) gzipped() []byte {
 	b.once.Do(func() {
@@ -92,10 +97,15 @@ type store struct {
 	// refills the view, so that readers never see it half done.
 	frozenUntil time.Time
 	dirty       bool
+	// Which part changed since the last snapshot: the other is reused.
+	employeesDirty, unattributedDirty bool
+	boot                              string
+	generation                        uint64
+	lastRebuild                       time.Duration
 }
 
 func newStore(log *slog.Logger, m *metrics) *store {
-	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond}
+	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond, boot: strconv.FormatInt(time.Now().UnixNano(), 36)}
 	s.reset()
 	s.snap.Store(&snapshot{all: newBody([]byte("{}")), employees: map[string]*body{}, unattributed: newBody([]byte(`{"count":0,"incidents":[]}`))})
 	return s
@@ -103,6 +113,7 @@ func newStore(log *slog.Logger, m *metrics) *store {
 
 func (s *store) reset() {
 	s.frozenUntil = time.Time{}
+	s.employeesDirty, s.unattributedDirty = true, true
 	s.employees = map[string]*body{}
 	s.counts = map[string][4]int{}
 	s.unattributed = map[string]*view.Unattributed{}
@@ -167,7 +178,9 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 			continue
 		}
 		// Coalesce: take what else is waiting, then rebuild once.
-		wait := time.NewTimer(max(0, s.minRebuild-time.Since(last)))
+		// At most one rebuild per max(minRebuild, twice the last rebuild's
+		// time): a busy pipeline costs the API at most a third of a core.
+		wait := time.NewTimer(max(0, max(s.minRebuild, 2*s.lastRebuild)-time.Since(last)))
 	drain:
 		for {
 			select {
@@ -210,6 +223,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 		return
 	}
 	if strings.HasPrefix(key, topology.UnattributedPrefix) {
+		s.unattributedDirty = true
 		if deleted {
 			delete(s.unattributed, key)
 			return
@@ -222,31 +236,50 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 		s.unattributed[key] = doc
 		return
 	}
+	s.employeesDirty = true
 	if deleted {
 		delete(s.employees, key)
 		delete(s.counts, key)
 		return
 	}
-	var counts struct {
-		Low, Medium, High, Critical struct{ Count int }
-	}
-	if err := json.Unmarshal(e.Value(), &counts); err != nil {
+	counts, err := view.Counts(e.Value())
+	if err != nil {
 		s.log.Error("unreadable employee document in the view; skipped", "key", key, "error", err)
 		return
 	}
 	s.employees[key] = newBody(e.Value())
-	s.counts[key] = [4]int{counts.Low.Count, counts.Medium.Count, counts.High.Count, counts.Critical.Count}
+	s.counts[key] = counts
 }
 
 func (s *store) frozen() bool { return time.Now().Before(s.frozenUntil) }
 
 // rebuild prepares a new snapshot from the current documents, unless a
-// view rebuild is in progress.
+// view rebuild is in progress. Only the part that changed is prepared again.
 func (s *store) rebuild() {
 	if s.frozen() && s.loaded.Load() {
 		return
 	}
+	start := time.Now()
 	s.dirty = false
+	prev := s.snap.Load()
+	next := *prev
+	if s.employeesDirty {
+		s.generation++
+		next.keys, next.employees, next.all = s.prepareEmployees()
+		s.employeesDirty = false
+	}
+	if s.unattributedDirty {
+		next.unattributed = s.prepareUnattributed()
+		s.unattributedDirty = false
+	}
+	s.snap.Store(&next)
+	s.lastRebuild = time.Since(start)
+	s.metrics.viewUpdated.SetToCurrentTime()
+}
+
+// prepareEmployees concatenates the employees' documents, prepared when each
+// changed, into the full GET /incidents document.
+func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
 	keys := make([]string, 0, len(s.employees))
 	size := 2
 	for k, b := range s.employees {
@@ -254,32 +287,19 @@ func (s *store) rebuild() {
 		size += len(k) + len(b.raw) + 4
 	}
 	slices.SortFunc(keys, compareEmployeeIDs)
-	var buf bytes.Buffer
-	buf.Grow(size)
-	buf.WriteByte('{')
+	buf := make([]byte, 0, size)
+	buf = append(buf, '{')
 	employees := make(map[string]*body, len(keys))
 	for i, k := range keys {
 		if i > 0 {
-			buf.WriteByte(',')
+			buf = append(buf, ',')
 		}
-		buf.WriteString(strconv.Quote(k))
-		buf.WriteByte(':')
-		buf.Write(s.employees[k].raw)
+		buf = strconv.AppendQuote(buf, k)
+		buf = append(buf, ':')
+		buf = append(buf, s.employees[k].raw...)
 		employees[k] = s.employees[k]
 	}
-	buf.WriteByte('}')
-	docs := make([]*view.Unattributed, 0, len(s.unattributed))
-	unattributedCount := 0
-	for _, d := range s.unattributed {
-		docs = append(docs, d)
-		unattributedCount += len(d.Incidents)
-	}
-	s.snap.Store(&snapshot{
-		all:          newBody(buf.Bytes()),
-		keys:         keys,
-		employees:    employees,
-		unattributed: newBody(view.MergeUnattributed(docs)),
-	})
+	buf = append(buf, '}')
 	var totals [4]int
 	for _, c := range s.counts {
 		for i := range totals {
@@ -290,8 +310,19 @@ func (s *store) rebuild() {
 	for i, p := range incident.Priorities() {
 		s.metrics.viewIncidents.WithLabelValues(string(p)).Set(float64(totals[i]))
 	}
-	s.metrics.viewUnattributed.Set(float64(unattributedCount))
-	s.metrics.viewUpdated.SetToCurrentTime()
+	return keys, employees, newGenerationBody(buf, s.boot, s.generation)
+}
+
+// prepareUnattributed merges the unattributed documents into GET /unattributed.
+func (s *store) prepareUnattributed() *body {
+	docs := make([]*view.Unattributed, 0, len(s.unattributed))
+	n := 0
+	for _, d := range s.unattributed {
+		docs = append(docs, d)
+		n += len(d.Incidents)
+	}
+	s.metrics.viewUnattributed.Set(float64(n))
+	return newBody(view.MergeUnattributed(docs))
 }
 
 // compareEmployeeIDs orders numeric ids by value, others after them.

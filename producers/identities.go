@@ -58,14 +58,16 @@ func (p *Producers) SyncIdentities(ctx context.Context) (SyncResult, error) {
 	if err != nil {
 		return res, err
 	}
+	var puts []rawIncident
 	for k, v := range want {
-		if have[k] == v {
-			continue
+		if have[k] != v {
+			puts = append(puts, rawIncident{id: k, data: []byte(v)})
 		}
-		if _, err := kv.PutString(ctx, k, v); err != nil {
-			return res, fmt.Errorf("putting identity %s: %w", k, err)
-		}
-		res.Put++
+	}
+	n, err := putAll(ctx, p.js, topology.BucketIdentities, puts)
+	res.Put = n
+	if err != nil {
+		return res, fmt.Errorf("putting identities: %w", err)
 	}
 	for k := range have {
 		if _, ok := want[k]; ok {

@@ -87,9 +87,9 @@ func (p *Producers) Run(ctx context.Context) error {
 	if err := p.loadSeen(ctx); err != nil {
 		return err
 	}
-	// Bounded: a down upstream must not hold back the incident pollers;
-	// incidents that arrive first are attributed when the identities do.
-	first, cancel := context.WithTimeout(ctx, min(p.interval, 30*time.Second))
+	// Bounded: a down upstream must not hold back the incident pollers for
+	// long; incidents that arrive first are attributed when the identities do.
+	first, cancel := context.WithTimeout(ctx, 30*time.Second)
 	if _, err := p.SyncIdentities(first); err != nil && ctx.Err() == nil {
 		p.log.Error("identities sync failed", "endpoint", upstream.EndpointIdentities, "error", err)
 	}

@@ -62,6 +62,35 @@ func publishRaw(ctx context.Context, js jetstream.JetStream, t incident.Type, it
 	return stored, nil
 }
 
+// putAll puts many keys of a KV bucket at once: a KV put is a publish to
+// $KV.<bucket>.<key>, so they go out asynchronously in batches rather than
+// one round trip each. It returns how many were stored.
+func putAll(ctx context.Context, js jetstream.JetStream, bucket string, entries []rawIncident) (int, error) {
+	done := 0
+	for start := 0; start < len(entries); start += publishBatch {
+		chunk := entries[start:min(start+publishBatch, len(entries))]
+		futures := make([]jetstream.PubAckFuture, 0, len(chunk))
+		for _, e := range chunk {
+			f, err := js.PublishAsync("$KV."+bucket+"."+e.id, e.data)
+			if err != nil {
+				return done, err
+			}
+			futures = append(futures, f)
+		}
+		for _, f := range futures {
+			select {
+			case <-f.Ok():
+				done++
+			case err := <-f.Err():
+				return done, err
+			case <-ctx.Done():
+				return done, ctx.Err()
+			}
+		}
+	}
+	return done, nil
+}
+
 // readIDs calls fn with the id of every raw incident of type t stored.
 func readIDs(ctx context.Context, js jetstream.JetStream, t incident.Type, fn func(id string)) (int, error) {
 	return natsutil.ReadAll(ctx, js, topology.StreamRaw, natsutil.ReadOptions{

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -107,9 +108,11 @@ func run(ctx context.Context, o options, logw io.Writer) (*report, error) {
 	logf("ingested %d incidents in %s (%.0f/s)", o.incidents, rep.ingest.Round(time.Millisecond), float64(o.incidents)/rep.ingest.Seconds())
 	rep.oneIdleP99 = goLoad(ctx, one, nil, 4, 5*time.Second).p99
 
-	// Freshness: incidents added one at a time, until each is served.
+	// Freshness: incidents added one at a time, each at a random moment of
+	// the poll cycle, until each is served.
 	var fresh []time.Duration
 	for k := range o.fresh {
+		time.Sleep(time.Duration(rand.Int64N(int64(o.poll))))
 		e := k % len(data.employees)
 		raw, ts := data.next(incident.Misuse, e)
 		url := fmt.Sprintf("%s/incidents/%d", api, data.employees[e])

@@ -12,6 +12,10 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof" // served only when PPROF_ADDR is set
+	"os"
+	"time"
 
 	"github.com/incidentpipe/pipeline/api"
 	"github.com/incidentpipe/pipeline/deploy/pipeline"
@@ -28,6 +32,13 @@ func main() {
 	}, api.TokenCommands()...)
 	app.Main("standalone",
 		func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+			if addr := os.Getenv("PPROF_ADDR"); addr != "" {
+				// Profiling for the load harness and operators: loopback only.
+				go func() {
+					srv := &http.Server{Addr: addr, ReadHeaderTimeout: 10 * time.Second}
+					log.Info("pprof listening", "addr", addr, "error", srv.ListenAndServe())
+				}()
+			}
 			return pipeline.Run(ctx, cfg, log, pipeline.Hooks{})
 		},
 		commands...,

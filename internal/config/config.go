@@ -215,8 +215,8 @@ func Load(name string, args []string, getenv func(string) string) (Config, error
 	if c.UpstreamTimeout <= 0 {
 		return Config{}, errors.New("UPSTREAM_TIMEOUT: must be positive")
 	}
-	if c.PollInterval < time.Second {
-		return Config{}, errors.New("POLL_INTERVAL: must be at least 1s")
+	if c.PollInterval < 100*time.Millisecond {
+		return Config{}, errors.New("POLL_INTERVAL: must be at least 100ms")
 	}
 	return c, nil
 }

@@ -167,3 +167,41 @@ func appendString(dst []byte, s string) []byte {
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
 }
+
+// ObjectMembers splits a JSON object into its members (all of them), values
+// as their exact bytes, with a scanner rather than reflection.
+func ObjectMembers(raw []byte) ([]Field, error) {
+	raw = trimSpace(raw)
+	if !json.Valid(raw) {
+		return nil, invalid(ReasonInvalidJSON, "not valid JSON")
+	}
+	return scanObject(raw, true)
+}
+
+// ArrayElements splits a JSON array into its elements' exact bytes.
+func ArrayElements(raw []byte) ([]json.RawMessage, error) {
+	raw = trimSpace(raw)
+	if !json.Valid(raw) || len(raw) == 0 || raw[0] != '[' {
+		return nil, invalid(ReasonInvalidJSON, "not a JSON array")
+	}
+	var out []json.RawMessage
+	i := skipSpace(raw, 1)
+	for i < len(raw) && raw[i] != ']' {
+		end := valueEnd(raw, i)
+		out = append(out, raw[i:end])
+		i = skipSpace(raw, end)
+		if i < len(raw) && raw[i] == ',' {
+			i = skipSpace(raw, i+1)
+		}
+	}
+	return out, nil
+}
+
+func trimSpace(b []byte) []byte {
+	i := skipSpace(b, 0)
+	j := len(b)
+	for j > i && (b[j-1] == ' ' || b[j-1] == '\t' || b[j-1] == '\n' || b[j-1] == '\r') {
+		j--
+	}
+	return b[i:j]
+}

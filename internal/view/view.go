@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
 )
@@ -115,19 +116,75 @@ type Employee struct {
 
 // ParseEmployee decodes a stored employee document.
 func ParseEmployee(data []byte) (*Employee, error) {
-	var raw map[string]bucketJSON
-	if err := json.Unmarshal(data, &raw); err != nil {
-		return nil, fmt.Errorf("decoding employee document: %w", err)
+	buckets, err := employeeBuckets(data)
+	if err != nil {
+		return nil, err
 	}
 	d := &Employee{}
-	for i, p := range incident.Priorities() {
-		l, err := parseList(raw[string(p)])
-		if err != nil {
-			return nil, err
+	for i, b := range buckets {
+		if b == nil {
+			continue
 		}
-		d.Buckets[i] = l
+		members, err := incident.ObjectMembers(b)
+		if err != nil {
+			return nil, fmt.Errorf("decoding employee document: %w", err)
+		}
+		for _, m := range members {
+			if m.Key != "incidents" {
+				continue
+			}
+			items, err := incident.ArrayElements(m.Value)
+			if err != nil {
+				return nil, fmt.Errorf("decoding employee document: %w", err)
+			}
+			if d.Buckets[i], err = parseList(bucketJSON{Incidents: items}); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return d, nil
+}
+
+// employeeBuckets splits an employee document into its four buckets' bytes.
+func employeeBuckets(data []byte) ([4][]byte, error) {
+	var out [4][]byte
+	members, err := incident.ObjectMembers(data)
+	if err != nil {
+		return out, fmt.Errorf("decoding employee document: %w", err)
+	}
+	for _, m := range members {
+		if i := incident.Priority(m.Key).Index(); i >= 0 {
+			out[i] = m.Value
+		}
+	}
+	return out, nil
+}
+
+// Counts returns the count of each priority bucket of a stored employee
+// document, without decoding its incidents.
+func Counts(data []byte) ([4]int, error) {
+	var counts [4]int
+	buckets, err := employeeBuckets(data)
+	if err != nil {
+		return counts, err
+	}
+	for i, b := range buckets {
+		if b == nil {
+			continue
+		}
+		members, err := incident.ObjectMembers(b)
+		if err != nil {
+			return counts, fmt.Errorf("decoding employee document: %w", err)
+		}
+		for _, m := range members {
+			if m.Key == "count" {
+				if counts[i], err = strconv.Atoi(string(m.Value)); err != nil {
+					return counts, fmt.Errorf("decoding employee document: count %s", m.Value)
+				}
+			}
+		}
+	}
+	return counts, nil
 }
 
 // Add folds an incident in; it reports false when the document already holds
