@@ -30,7 +30,7 @@ type Options struct {
 	JS jetstream.JetStream
 	// Batch is how many enriched incidents are fetched at once (default 1000).
 	Batch int
-	// Workers is how many documents are written at once (default 16).
+	// Workers is how many documents are written at once (default 64).
 	Workers    int
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -55,7 +55,7 @@ func New(o Options) (*Projector, error) {
 		o.Batch = 1000
 	}
 	if o.Workers <= 0 {
-		o.Workers = 16
+		o.Workers = 64
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

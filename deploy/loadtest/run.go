@@ -94,11 +94,11 @@ func run(ctx context.Context, o options, logw io.Writer) (*report, error) {
 	api := "http://" + apiAddr
 	one := fmt.Sprintf("%s/incidents/%d", api, data.employees[0])
 
-	// Ingest, with a light load on one employee meanwhile.
+	// Ingest, with a light load on one employee meanwhile (200 requests/s).
 	busyCtx, stopBusy := context.WithCancel(ctx)
 	busy := make(chan loadResult, 1)
-	go func() { busy <- goLoad(busyCtx, one, nil, 4, time.Hour) }()
-	if err := waitIncidents(ctx, api, o.incidents); err != nil {
+	go func() { busy <- paced(busyCtx, one, 200, time.Hour) }()
+	if err := waitIncidents(ctx, api, o.incidents, logf); err != nil {
 		stopBusy()
 		return nil, fmt.Errorf("%w\n%s", err, tail(logs.String()))
 	}
@@ -106,7 +106,7 @@ func run(ctx context.Context, o options, logw io.Writer) (*report, error) {
 	stopBusy()
 	rep.oneBusyP99 = (<-busy).p99
 	logf("ingested %d incidents in %s (%.0f/s)", o.incidents, rep.ingest.Round(time.Millisecond), float64(o.incidents)/rep.ingest.Seconds())
-	rep.oneIdleP99 = goLoad(ctx, one, nil, 4, 5*time.Second).p99
+	rep.oneIdleP99 = paced(ctx, one, 200, 5*time.Second).p99
 
 	// Freshness: incidents added one at a time, each at a random moment of
 	// the poll cycle, until each is served.
@@ -136,7 +136,7 @@ func run(ctx context.Context, o options, logw io.Writer) (*report, error) {
 	logf("freshness p50 %s p99 %s", rep.freshP50, rep.freshP99)
 
 	// API load, beside a plain server holding the same bytes.
-	if err := waitIncidents(ctx, api, o.incidents+o.fresh); err != nil {
+	if err := waitIncidents(ctx, api, o.incidents+o.fresh, nil); err != nil {
 		return nil, err
 	}
 	_, doc, err := fetch(api+"/incidents", nil)
@@ -179,12 +179,20 @@ func run(ctx context.Context, o options, logw io.Writer) (*report, error) {
 	return rep, nil
 }
 
-// waitIncidents waits until the view holds n incidents.
-func waitIncidents(ctx context.Context, api string, n int) error {
+// waitIncidents waits until the view holds n incidents; with logf, it logs
+// each stage's progress every few seconds, which shows the bottleneck.
+func waitIncidents(ctx context.Context, api string, n int, logf func(string, ...any)) error {
+	start, last := time.Now(), time.Now()
 	for {
 		_, body, err := fetch(api+"/metrics", nil)
 		if err == nil && metricSum(body, "incidents_view_incidents") >= float64(n) {
 			return nil
+		}
+		if logf != nil && time.Since(last) > 3*time.Second {
+			last = time.Now()
+			logf("%5.1fs published %.0f, enriched %.0f, projected %.0f, in view %.0f", time.Since(start).Seconds(),
+				metricSum(body, "incidents_published_total"), metricSum(body, "incidents_enriched_total"),
+				metricSum(body, `incidents_projected_total{outcome="added"}`), metricSum(body, "incidents_view_incidents"))
 		}
 		select {
 		case <-ctx.Done():
@@ -242,6 +250,34 @@ func goLoad(ctx context.Context, url string, h map[string]string, conns int, d t
 	return loadResult{rps: float64(len(lat)) / time.Since(start).Seconds(), p50: percentile(lat, 0.5), p99: percentile(lat, 0.99), errors: errs}
 }
 
+// paced sends rate requests a second to url (open loop) until d passes or
+// ctx ends.
+func paced(ctx context.Context, url string, rate int, d time.Duration) loadResult {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	for {
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return loadResult{p50: percentile(lat, 0.5), p99: percentile(lat, 0.99)}
+		case <-tick.C:
+			wg.Go(func() {
+				t := time.Now()
+				if code, _, err := fetch(url, nil); err == nil && code == http.StatusOK {
+					mu.Lock()
+					lat = append(lat, time.Since(t))
+					mu.Unlock()
+				}
+			})
+		}
+	}
+}
+
 // wrkLoad runs wrk -t2 -cN --latency and reads its summary.
 func wrkLoad(ctx context.Context, wrk, url string, h map[string]string, conns int, d time.Duration) (loadResult, error) {
 	args := []string{"-t2", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(int(d.Seconds())) + "s", "--latency"}
@@ -295,10 +331,12 @@ func percentile(d []time.Duration, p float64) time.Duration {
 	return s[min(len(s)-1, int(p*float64(len(s))))]
 }
 
+// metricSum sums the samples of a family, or of one series given with its
+// labels (name{label="value"}).
 func metricSum(exposition []byte, name string) float64 {
 	var sum float64
 	for _, line := range strings.Split(string(exposition), "\n") {
-		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") {
+		if strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ") || strings.HasSuffix(name, "}") && strings.HasPrefix(line, name) {
 			v, _ := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
 			sum += v
 		}
@@ -385,7 +423,7 @@ func (r *report) Markdown() string {
 	fmt.Fprintf(&b, "| GET /incidents, gzip | **%.0f req/s**, p50 %s, p99 %s | static server %.0f req/s, p99 %s: %s of its req/s |\n",
 		r.fullGz.rps, ms(r.fullGz.p50), ms(r.fullGz.p99), r.refFullGz.rps, ms(r.refFullGz.p99), ratio(r.fullGz.rps, r.refFullGz.rps))
 	fmt.Fprintf(&b, "| GET /incidents/{id} | **%.0f req/s**, p50 %s, p99 %s | |\n", r.one.rps, ms(r.one.p50), ms(r.one.p99))
-	fmt.Fprintf(&b, "| GET /incidents/{id} p99, while ingesting / idle (4 clients) | %s / %s = %s | ≤ 2x |\n", ms(r.oneBusyP99), ms(r.oneIdleP99), ratio(float64(r.oneBusyP99), float64(r.oneIdleP99)))
+	fmt.Fprintf(&b, "| GET /incidents/{id} p99 at 200 req/s, while ingesting / idle | %s / %s = %s | ≤ 2x |\n", ms(r.oneBusyP99), ms(r.oneIdleP99), ratio(float64(r.oneBusyP99), float64(r.oneIdleP99)))
 	fmt.Fprintf(&b, "| peak RSS of the standalone | %.0f MiB = %s the full document | < 3x |\n", float64(r.peakRSS)/(1<<20), ratio(float64(r.peakRSS), float64(r.docBytes)))
 	fmt.Fprintf(&b, "\nAPI load: %s, %s per run; errors: %d.\n", r.tool, r.o.apiDuration, r.full.errors+r.fullGz.errors+r.one.errors)
 	return b.String()

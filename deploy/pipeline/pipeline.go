@@ -63,6 +63,18 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 		return err
 	}
 	defer nc.Close()
+	// A connection per stage, as separate processes would have: the server
+	// handles each connection's traffic in order, so one shared connection
+	// would make every stage wait for the others.
+	conns := map[string]*app.NATS{}
+	for _, stage := range []string{"producers", "enricher", "projector"} {
+		c, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone-" + stage, Embedded: embedded}, &telemetry.Health{}, log)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		conns[stage] = c
+	}
 
 	// Each stage on a registry of its own, all served on API_ADDR.
 	process := telemetry.NewRegistry()
@@ -87,15 +99,15 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	if err != nil {
 		return err
 	}
-	prod, err := producers.New(producers.Options{Upstream: client, JS: nc.JS, Interval: cfg.PollInterval, Logger: log, Registerer: regs["producers"]})
+	prod, err := producers.New(producers.Options{Upstream: client, JS: conns["producers"].JS, Interval: cfg.PollInterval, Logger: log, Registerer: regs["producers"]})
 	if err != nil {
 		return err
 	}
-	enr, err := enricher.New(enricher.Options{JS: nc.JS, Logger: log, Registerer: regs["enricher"]})
+	enr, err := enricher.New(enricher.Options{JS: conns["enricher"].JS, Logger: log, Registerer: regs["enricher"]})
 	if err != nil {
 		return err
 	}
-	proj, err := projector.New(projector.Options{JS: nc.JS, Logger: log, Registerer: regs["projector"]})
+	proj, err := projector.New(projector.Options{JS: conns["projector"].JS, Logger: log, Registerer: regs["projector"]})
 	if err != nil {
 		return err
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strconv"
 )
@@ -219,24 +218,35 @@ func (a Timestamp) Compare(b Timestamp) int {
 }
 
 // DecodeResults splits a {"results": [...]} page into its raw incidents,
-// each kept as the exact bytes received, plus the page's "next" link.
+// each kept as the exact bytes received (slices of body), plus the page's
+// "next" link. It scans rather than reflects: every poll decodes every
+// incident of a type.
 func DecodeResults(body []byte) (items []json.RawMessage, next string, err error) {
-	var page struct {
-		Results *[]json.RawMessage `json:"results"`
-		Next    *string            `json:"next"`
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&page); err != nil {
+	members, err := ObjectMembers(body)
+	if err != nil {
 		return nil, "", fmt.Errorf("decoding incidents page: %w", err)
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, "", errors.New("decoding incidents page: trailing data after the JSON document")
+	found := false
+	for _, m := range members {
+		switch m.Key {
+		case "results":
+			if items, err = ArrayElements(m.Value); err != nil {
+				return nil, "", fmt.Errorf(`decoding incidents page: "results" is not an array`)
+			}
+			found = true
+		case "next":
+			if string(m.Value) != "null" {
+				if err := json.Unmarshal(m.Value, &next); err != nil {
+					return nil, "", fmt.Errorf(`decoding incidents page: "next" is not a string`)
+				}
+			}
+		}
 	}
-	if page.Results == nil {
+	if !found {
 		return nil, "", errors.New(`decoding incidents page: no "results" array`)
 	}
-	if page.Next != nil {
-		next = *page.Next
+	if items == nil {
+		items = []json.RawMessage{}
 	}
-	return *page.Results, next, nil
+	return items, next, nil
 }
