@@ -99,31 +99,17 @@ func (e *Enricher) Run(ctx context.Context) error {
 	}
 	go e.resolveLoop(ctx, appeared)
 	go natsutil.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { e.metrics.pending.Set(float64(n)) })
-	for ctx.Err() == nil {
-		select {
-		case err := <-watchErr:
-			if ctx.Err() == nil {
-				return fmt.Errorf("watching identities: %w", err)
-			}
-		default:
+	// A broken identities watch stops the stage: it could not attribute.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		if err := <-watchErr; err != nil {
+			cancel(fmt.Errorf("watching identities: %w", err))
 		}
-		batch, err := cons.Fetch(e.batch, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			e.log.Warn("fetching raw incidents failed", "error", err)
-			sleep(ctx, time.Second)
-			continue
-		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		if len(msgs) == 0 {
-			continue
-		}
-		e.handleBatch(ctx, msgs)
+	}()
+	natsutil.FetchBatches(ctx, cons, e.batch, e.log, func(msgs []jetstream.Msg) { e.handleBatch(ctx, msgs) })
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
 	}
 	return nil
 }
@@ -254,13 +240,4 @@ func (e *Enricher) publish(env envelope.Enriched, resolution bool) (jetstream.Pu
 		return nil, fmt.Errorf("publishing enriched incident %s: %w", env.ID, err)
 	}
 	return f, nil
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/envelope"
 	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/wait"
 )
 
 // resolveLoop attributes pending unattributed incidents: once at start, and
@@ -20,7 +21,7 @@ func (e *Enricher) resolveLoop(ctx context.Context, appeared <-chan struct{}) {
 				return
 			}
 			e.log.Warn("resolving unattributed incidents failed; will retry", "error", err)
-			sleep(ctx, 2*time.Second)
+			_ = wait.For(ctx, 2*time.Second)
 			continue
 		} else if n > 0 {
 			e.log.Info("attributed pending incidents", "count", n)

@@ -20,6 +20,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/upstream"
+	"github.com/incidentpipe/pipeline/internal/wait"
 )
 
 // Upstream is what the producers need of the upstream API.
@@ -104,7 +105,7 @@ func (p *Producers) Run(ctx context.Context) error {
 		})
 	}
 	wg.Go(func() {
-		p.sleep(ctx, p.jittered(0))
+		_ = wait.For(ctx, p.jittered(0))
 		p.every(ctx, upstream.EndpointIdentities, func(ctx context.Context) error {
 			_, err := p.SyncIdentities(ctx)
 			return err
@@ -131,7 +132,7 @@ func (p *Producers) every(ctx context.Context, endpoint string, f func(context.C
 		default:
 			p.log.Error("poll failed; nothing published, the view keeps what it has", "endpoint", endpoint, "error", err)
 		}
-		p.sleep(ctx, p.jittered(refused))
+		_ = wait.For(ctx, p.jittered(refused))
 	}
 }
 
@@ -140,15 +141,6 @@ func (p *Producers) every(ctx context.Context, endpoint string, f func(context.C
 func (p *Producers) jittered(refused int) time.Duration {
 	d := p.interval << min(refused, 3)
 	return d + time.Duration((rand.Float64()-0.5)*0.2*float64(d))
-}
-
-func (p *Producers) sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 // loadSeen reads the ids already in INCIDENTS_RAW (headers only), so that a

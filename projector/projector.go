@@ -84,25 +84,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		return err
 	}
 	go natsutil.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { p.metrics.pending.Set(float64(n)) })
-	for ctx.Err() == nil {
-		batch, err := cons.Fetch(p.batch, jetstream.FetchMaxWait(time.Second))
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			p.log.Warn("fetching enriched incidents failed", "error", err)
-			sleep(ctx, time.Second)
-			continue
-		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		if len(msgs) == 0 {
-			continue
-		}
-		p.handleBatch(ctx, kv, msgs)
-	}
+	natsutil.FetchBatches(ctx, cons, p.batch, p.log, func(msgs []jetstream.Msg) { p.handleBatch(ctx, kv, msgs) })
 	return nil
 }
 
@@ -193,13 +175,4 @@ func (p *Projector) deadLetter(ctx context.Context, m jetstream.Msg, env envelop
 	p.metrics.dlq.WithLabelValues(topology.StageProjector, letter.Reason()).Inc()
 	p.log.Warn("enriched incident dead-lettered", "subject", m.Subject(), "reason", letter.Reason(), "error", err)
 	return nil
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

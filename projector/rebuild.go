@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/wait"
 )
 
 // RebuildOptions configure Rebuild.
@@ -59,7 +60,7 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) erro
 		return fmt.Errorf("rebuild: removing consumer %s: %w", topology.ConsumerProjector, err)
 	}
 	// Let batches that running projectors fetched before finish writing.
-	if err := sleepCtx(ctx, 2*time.Second); err != nil {
+	if err := wait.For(ctx, 2*time.Second); err != nil {
 		return err
 	}
 	if err := purgeView(ctx, kv); err != nil {
@@ -131,15 +132,4 @@ func purgeView(ctx context.Context, kv jetstream.KeyValue) error {
 		}
 	}
 	return nil
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -177,7 +176,7 @@ func TestStandaloneObservability(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testkit.FreeAddr(t)
 	prom := exec.Command(prometheus, "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
 	promLog := &pipelinetest.SyncBuffer{}
@@ -211,16 +210,6 @@ func TestStandaloneObservability(t *testing.T) {
 		n, ok2 := query(`sum(incidents_view_incidents)`)
 		return ok1 && ok2 && up == 1 && n == 2100, fmt.Sprintf("up=%v (%v) incidents=%v (%v)\n%s", up, ok1, n, ok2, tail(promLog.String()))
 	})
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func tail(s string) string {

@@ -6,7 +6,6 @@ package scaleout_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,16 +20,6 @@ import (
 	"github.com/incidentpipe/pipeline/internal/testkit"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // build compiles the binaries, statically, into dir.
 func build(t *testing.T, dir string, pkgs ...string) {
@@ -85,7 +74,7 @@ func TestSeparateProcessesGiveTheExactView(t *testing.T) {
 	build(t, bin, "github.com/nats-io/nats-server/v2", "./producers/cmd/producers", "./enricher/cmd/enricher",
 		"./projector/cmd/projector", "./api/cmd/api")
 
-	natsAddr := freeAddr(t)
+	natsAddr := testkit.FreeAddr(t)
 	conf := filepath.Join(t.TempDir(), "nats.conf")
 	err := os.WriteFile(conf, []byte(fmt.Sprintf("listen: %q\nmax_payload: 8MB\njetstream { store_dir: %q }\n", natsAddr, t.TempDir())), 0o600)
 	if err != nil {
@@ -103,10 +92,10 @@ func TestSeparateProcessesGiveTheExactView(t *testing.T) {
 
 	sim, hs, expected := pipelinetest.CaptureUpstream(t, simulator.Faults{Latency: 10 * time.Millisecond, FailRate: 0.2, PageSize: 50})
 	common := []string{"NATS_URL=" + natsURL, "LOG_FORMAT=text"}
-	apiAddr := freeAddr(t)
+	apiAddr := testkit.FreeAddr(t)
 	var logs []*pipelinetest.SyncBuffer
 	run := func(name string, env ...string) {
-		logs = append(logs, spawn(t, filepath.Join(bin, name), append(append(env, common...), "METRICS_ADDR="+freeAddr(t))...))
+		logs = append(logs, spawn(t, filepath.Join(bin, name), append(append(env, common...), "METRICS_ADDR="+testkit.FreeAddr(t))...))
 	}
 	run("enricher")
 	run("enricher")

@@ -104,11 +104,11 @@ func TestOperationsChapter(t *testing.T) {
 	}
 	hs := httptest.NewServer(sim)
 	t.Cleanup(hs.Close)
-	natsListen := freeAddr(t)
+	natsListen := testkit.FreeAddr(t)
 	env := []string{"UPSTREAM_URL=" + hs.URL, "UPSTREAM_USER=user", "UPSTREAM_PASSWORD=pw", "POLL_INTERVAL=2s",
 		"DATA_DIR=" + t.TempDir(), "NATS_LISTEN=" + natsListen}
 	cliEnv := []string{"NATS_URL=nats://" + natsListen, "NATS_LISTEN=" + natsListen, "LOG_FORMAT=text"}
-	p := startBinaryAt(t, env, freeAddr(t))
+	p := startBinaryAt(t, env, testkit.FreeAddr(t))
 	waitExact(t, p, expected, 60*time.Second)
 	_, before := get(p.api + "/incidents")
 

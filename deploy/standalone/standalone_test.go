@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -34,16 +33,6 @@ var buildStandalone = sync.OnceValues(func() (string, error) {
 	return bin, nil
 })
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // process is a running standalone binary.
 type process struct {
 	cmd  *exec.Cmd
@@ -54,7 +43,7 @@ type process struct {
 
 func startBinary(t *testing.T, env []string) *process {
 	t.Helper()
-	return startBinaryAt(t, append([]string{"NATS_LISTEN=" + freeAddr(t)}, env...), freeAddr(t))
+	return startBinaryAt(t, append([]string{"NATS_LISTEN=" + testkit.FreeAddr(t)}, env...), testkit.FreeAddr(t))
 }
 
 // startBinaryAt starts the standalone with env, serving the API on api.

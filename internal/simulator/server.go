@@ -6,7 +6,6 @@
 package simulator
 
 import (
-	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/wait"
 )
 
 // Faults are the upstream's misbehaviours to inject.
@@ -184,7 +184,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 
-	if !sleep(r.Context(), delay) {
+	if delay > 0 && wait.For(r.Context(), delay) != nil {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -230,18 +230,4 @@ func (s *Server) page(r *http.Request, t incident.Type, size int) []byte {
 		"count": len(items), "next": link(n + 1), "previous": link(n - 1), "results": items[lo:hi],
 	})
 	return b
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return true
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
