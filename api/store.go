@@ -178,9 +178,9 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 			continue
 		}
 		// Coalesce: take what else is waiting, then rebuild once.
-		// At most one rebuild per max(minRebuild, twice the last rebuild's
-		// time): a busy pipeline costs the API at most a third of a core.
-		wait := time.NewTimer(max(0, max(s.minRebuild, 2*s.lastRebuild)-time.Since(last)))
+		// At most one rebuild per max(minRebuild, 5x the last rebuild's
+		// time): a busy pipeline costs the API at most a sixth of a core.
+		wait := time.NewTimer(max(0, max(s.minRebuild, 5*s.lastRebuild)-time.Since(last)))
 	drain:
 		for {
 			select {

@@ -41,6 +41,7 @@ type Server struct {
 	faults     Faults
 	rng        *rand.Rand
 	incidents  map[incident.Type][]json.RawMessage
+	rendered   map[incident.Type][]byte // unpaged bodies, until the type's data changes
 	identities map[string]json.RawMessage
 	requests   map[string]int
 	before     func() // runs before each request, e.g. a generator catching up
@@ -55,6 +56,7 @@ func NewServer(user, password string, faults Faults, seed uint64) *Server {
 		faults:     faults,
 		rng:        rand.New(rand.NewPCG(seed, seed^0x5eed)),
 		incidents:  map[incident.Type][]json.RawMessage{},
+		rendered:   map[incident.Type][]byte{},
 		identities: map[string]json.RawMessage{},
 		requests:   map[string]int{},
 	}
@@ -72,6 +74,7 @@ func (s *Server) SetIncidents(t incident.Type, items []json.RawMessage) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.incidents[t] = append([]json.RawMessage(nil), items...)
+	delete(s.rendered, t)
 }
 
 // AppendIncidents adds incidents at the end of type t's list.
@@ -79,6 +82,7 @@ func (s *Server) AppendIncidents(t incident.Type, items ...json.RawMessage) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.incidents[t] = append(s.incidents[t], items...)
+	delete(s.rendered, t)
 }
 
 // SetIdentities replaces the identities map (IP → raw employee id JSON).
@@ -212,7 +216,11 @@ func (s *Server) page(r *http.Request, t incident.Type, size int) []byte {
 		items = []json.RawMessage{}
 	}
 	if size <= 0 {
+		if b, ok := s.rendered[t]; ok {
+			return b
+		}
 		b, _ := json.Marshal(map[string]any{"results": items})
+		s.rendered[t] = b
 		return b
 	}
 	n, err := strconv.Atoi(r.URL.Query().Get("page"))
