@@ -45,19 +45,6 @@ func newProducers(t *testing.T, c *upstream.Client, js jetstream.JetStream) *Pro
 	return p
 }
 
-func rawCount(t *testing.T, js jetstream.JetStream) uint64 {
-	t.Helper()
-	s, err := js.Stream(context.Background(), topology.StreamRaw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
-}
-
 func TestPollPublishesEachIncidentOnce(t *testing.T) {
 	ctx := context.Background()
 	sim, c, js := setup(t)
@@ -76,7 +63,7 @@ func TestPollPublishesEachIncidentOnce(t *testing.T) {
 			t.Fatalf("poll %d: %+v, want 3 fetched, %d published", i, res, want)
 		}
 	}
-	if n := rawCount(t, js); n != 2 {
+	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 2 {
 		t.Fatalf("INCIDENTS_RAW holds %d messages, want 2", n)
 	}
 	msg, err := js.Stream(ctx, topology.StreamRaw)
@@ -102,7 +89,7 @@ func TestPollPublishesEachIncidentOnce(t *testing.T) {
 	if got := testutil.ToFloat64(p2.metrics.published.WithLabelValues("misuse")); got != 1 {
 		t.Errorf("incidents_published_total = %v, want 1", got)
 	}
-	if n := rawCount(t, js); n != 3 {
+	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 3 {
 		t.Fatalf("INCIDENTS_RAW holds %d messages, want 3", n)
 	}
 }
@@ -115,7 +102,7 @@ func TestFailedPollPublishesNothing(t *testing.T) {
 	if _, err := p.Poll(context.Background(), incident.Probing); err == nil {
 		t.Fatal("poll of a failing upstream succeeded")
 	}
-	if n := rawCount(t, js); n != 0 {
+	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 0 {
 		t.Fatalf("a failed poll published %d messages", n)
 	}
 }

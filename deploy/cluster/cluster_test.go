@@ -80,9 +80,10 @@ func TestPipelineOnAThreeNodeCluster(t *testing.T) {
 	url := strings.Join(urls, ",")
 	conn := func(name string) natsutil.ConnectOptions { return natsutil.ConnectOptions{URL: url, Name: name} }
 
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx := context.Background()
+	connect, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	_, js, err := natsutil.Connect(ctx, conn("admin"))
+	_, js, err := natsutil.Connect(connect, conn("admin"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,16 +123,25 @@ func TestPipelineOnAThreeNodeCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rawMsgs := func() (uint64, error) {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		info, err := raw.Info(c)
+		if err != nil {
+			return 0, err
+		}
+		return info.State.Msgs, nil
+	}
 	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
-		info, err := raw.Info(ctx)
-		return err == nil && info.State.Msgs >= 300, "waiting for ingest to start"
+		n, err := rawMsgs()
+		return err == nil && n >= 300, "waiting for ingest to start"
 	})
 	servers[1].Shutdown()
 	servers[1].WaitForShutdown()
 
-	pipelinetest.WaitExact(t, api, expected, 120*time.Second)
+	pipelinetest.WaitExact(t, api, expected, 240*time.Second)
 	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
-		info, err := raw.Info(ctx)
-		return err == nil && info.State.Msgs == 2100, fmt.Sprintf("INCIDENTS_RAW: %v %v", info, err)
+		n, err := rawMsgs()
+		return err == nil && n == 2100, fmt.Sprintf("INCIDENTS_RAW holds %d (%v), want 2100", n, err)
 	})
 }

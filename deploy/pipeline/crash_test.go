@@ -1,7 +1,6 @@
 package pipeline_test
 
 import (
-	"context"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -16,19 +15,6 @@ import (
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/upstream"
 )
-
-func streamMsgs(t *testing.T, js jetstream.JetStream, name string) uint64 {
-	t.Helper()
-	s, err := js.Stream(context.Background(), name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
-}
 
 // TestStagesCrashMidStream crashes the producers, the enricher and the
 // projector at random points while the capture streams through, restarting
@@ -69,7 +55,7 @@ func TestStagesCrashMidStream(t *testing.T) {
 
 	api := pipelinetest.ServeAPI(t, conn("api"))
 	waitExact(t, api, expected, 90*time.Second)
-	if n := streamMsgs(t, js, topology.StreamRaw); n != 2100 {
+	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 2100 {
 		t.Errorf("INCIDENTS_RAW holds %d messages after crashes, want 2100", n)
 	}
 }
@@ -78,7 +64,7 @@ func TestStagesCrashMidStream(t *testing.T) {
 func waitGrowth(t *testing.T, js jetstream.JetStream, stream string, n uint64) {
 	t.Helper()
 	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
-		got := streamMsgs(t, js, stream)
+		got := testkit.StreamMsgs(t, js, stream)
 		return got >= n, fmt.Sprintf("%s holds %d, waiting for %d", stream, got, n)
 	})
 }
