@@ -81,7 +81,7 @@ func (p *Producers) SyncIdentities(ctx context.Context) (SyncResult, error) {
 	p.metrics.polls.WithLabelValues(upstream.EndpointIdentities, "ok").Inc()
 	p.metrics.lastSuccess.WithLabelValues(upstream.EndpointIdentities).SetToCurrentTime()
 	p.log.Info("synced identities", "count", res.Fetched, "invalid", res.Invalid, "put", res.Put, "deleted", res.Deleted,
-		"duration", time.Since(start).Round(time.Millisecond))
+		"duration", time.Since(start).Round(time.Millisecond).String())
 	return res, nil
 }
 

@@ -197,6 +197,6 @@ func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, erro
 	}
 	p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "ok").Inc()
 	p.metrics.lastSuccess.WithLabelValues(upstream.Endpoint(t)).SetToCurrentTime()
-	p.log.Info("polled", "type", t, "count", res.Fetched, "new", res.Published, "duration", time.Since(start).Round(time.Millisecond))
+	p.log.Info("polled", "type", t, "count", res.Fetched, "new", res.Published, "duration", time.Since(start).Round(time.Millisecond).String())
 	return res, nil
 }

@@ -89,7 +89,7 @@ func (c *Client) do(ctx context.Context, endpoint, url string, decode func([]byt
 		if time.Since(start)+wait > c.retry.MaxElapsed {
 			return fmt.Errorf("giving up after %d attempts in %s: %w", attempt, time.Since(start).Round(time.Millisecond), err)
 		}
-		c.log.Warn("upstream request failed, retrying", "endpoint", endpoint, "attempt", attempt, "retry_in", wait.Round(time.Millisecond), "error", err)
+		c.log.Warn("upstream request failed, retrying", "endpoint", endpoint, "attempt", attempt, "retry_in", wait.Round(time.Millisecond).String(), "error", err)
 		select {
 		case <-ctx.Done():
 			return errors.Join(err, ctx.Err())
