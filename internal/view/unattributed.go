@@ -57,23 +57,18 @@ func (u *Unattributed) MarkAttributed(id string) bool {
 	return true
 }
 
-// MarshalJSON encodes the document.
+// MarshalJSON encodes the document: {"count","incidents"} as GET
+// /unattributed shows it, plus the ids attributed since.
 func (u *Unattributed) MarshalJSON() ([]byte, error) {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, `{"count":%d,"incidents":[`, len(u.Incidents))
-	for i, e := range u.Incidents {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.Write(e.JSON)
-	}
-	b.WriteString("]")
+	u.Incidents.appendJSON(&b)
 	if len(u.Attributed) > 0 {
 		ids, _ := json.Marshal(u.Attributed)
+		b.Truncate(b.Len() - 1) // reopen the object
 		b.WriteString(`,"attributed":`)
 		b.Write(ids)
+		b.WriteByte('}')
 	}
-	b.WriteString("}")
 	return b.Bytes(), nil
 }
 
