@@ -96,7 +96,6 @@ type store struct {
 	// frozenUntil holds the served snapshot while a rebuild empties and
 	// refills the view, so that readers never see it half done.
 	frozenUntil time.Time
-	dirty       bool
 	// Which part changed since the last snapshot: the other is reused.
 	employeesDirty, unattributedDirty bool
 	boot                              string
@@ -157,7 +156,7 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
-			if s.dirty && !s.frozen() {
+			if (s.employeesDirty || s.unattributedDirty) && !s.frozen() {
 				s.rebuild() // a rebuild marker expired without being removed
 			}
 			continue
@@ -208,7 +207,6 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 func (s *store) apply(e jetstream.KeyValueEntry) {
 	key := e.Key()
 	deleted := e.Operation() != jetstream.KeyValuePut
-	s.dirty = true
 	if key == topology.RebuildKey {
 		s.frozenUntil = time.Time{}
 		if !deleted {
@@ -260,7 +258,6 @@ func (s *store) rebuild() {
 		return
 	}
 	start := time.Now()
-	s.dirty = false
 	prev := s.snap.Load()
 	next := *prev
 	if s.employeesDirty {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"sort"
-	"strings"
 )
 
 // ID returns the canonical id of an incident of type t: a hash of the type
@@ -98,7 +97,7 @@ func writeCanonical(b *bytes.Buffer, raw json.RawMessage) {
 	if len(raw) > 0 {
 		switch c := raw[0]; {
 		case c == '-' || c >= '0' && c <= '9':
-			b.Write(canonicalNumberBytes(raw))
+			b.Write(canonicalNumber(raw))
 			return
 		case c == 't' || c == 'f' || c == 'n':
 			b.Write(raw)
@@ -150,7 +149,7 @@ func writeCanonicalValue(b *bytes.Buffer, v any) {
 	case string:
 		writeString(b, x)
 	case json.Number:
-		b.WriteString(canonicalNumber(string(x)))
+		b.Write(canonicalNumber([]byte(x)))
 	case bool:
 		if x {
 			b.WriteString("true")
@@ -162,22 +161,13 @@ func writeCanonicalValue(b *bytes.Buffer, v any) {
 	}
 }
 
-// canonicalNumberBytes is canonicalNumber over bytes.
-func canonicalNumberBytes(s []byte) []byte {
+// canonicalNumber drops trailing zeros of a plain decimal fraction, so that
+// 1.50 and 1.5 are the same content. Numbers with an exponent stay as they
+// are; normalising them exactly would cost more than it buys.
+func canonicalNumber(s []byte) []byte {
 	if bytes.ContainsAny(s, "eE") || !bytes.Contains(s, []byte(".")) {
 		return s
 	}
 	s = bytes.TrimRight(s, "0")
 	return bytes.TrimSuffix(s, []byte("."))
-}
-
-// canonicalNumber drops trailing zeros of a plain decimal fraction, so that
-// 1.50 and 1.5 are the same content. Numbers with an exponent stay as they
-// are; normalising them exactly would cost more than it buys.
-func canonicalNumber(s string) string {
-	if strings.ContainsAny(s, "eE") || !strings.Contains(s, ".") {
-		return s
-	}
-	s = strings.TrimRight(s, "0")
-	return strings.TrimSuffix(s, ".")
 }

@@ -116,75 +116,69 @@ type Employee struct {
 
 // ParseEmployee decodes a stored employee document.
 func ParseEmployee(data []byte) (*Employee, error) {
-	buckets, err := employeeBuckets(data)
+	lists, err := bucketMember(data, "incidents")
 	if err != nil {
 		return nil, err
 	}
 	d := &Employee{}
-	for i, b := range buckets {
-		if b == nil {
+	for i, raw := range lists {
+		if raw == nil {
 			continue
 		}
-		members, err := incident.ObjectMembers(b)
+		items, err := incident.ArrayElements(raw)
 		if err != nil {
 			return nil, fmt.Errorf("decoding employee document: %w", err)
 		}
-		for _, m := range members {
-			if m.Key != "incidents" {
-				continue
-			}
-			items, err := incident.ArrayElements(m.Value)
-			if err != nil {
-				return nil, fmt.Errorf("decoding employee document: %w", err)
-			}
-			if d.Buckets[i], err = parseList(bucketJSON{Incidents: items}); err != nil {
-				return nil, err
-			}
+		if d.Buckets[i], err = parseList(bucketJSON{Incidents: items}); err != nil {
+			return nil, err
 		}
 	}
 	return d, nil
-}
-
-// employeeBuckets splits an employee document into its four buckets' bytes.
-func employeeBuckets(data []byte) ([4][]byte, error) {
-	var out [4][]byte
-	members, err := incident.ObjectMembers(data)
-	if err != nil {
-		return out, fmt.Errorf("decoding employee document: %w", err)
-	}
-	for _, m := range members {
-		if i := incident.Priority(m.Key).Index(); i >= 0 {
-			out[i] = m.Value
-		}
-	}
-	return out, nil
 }
 
 // Counts returns the count of each priority bucket of a stored employee
 // document, without decoding its incidents.
 func Counts(data []byte) ([4]int, error) {
 	var counts [4]int
-	buckets, err := employeeBuckets(data)
+	raws, err := bucketMember(data, "count")
 	if err != nil {
 		return counts, err
 	}
-	for i, b := range buckets {
-		if b == nil {
+	for i, raw := range raws {
+		if raw == nil {
 			continue
 		}
-		members, err := incident.ObjectMembers(b)
-		if err != nil {
-			return counts, fmt.Errorf("decoding employee document: %w", err)
-		}
-		for _, m := range members {
-			if m.Key == "count" {
-				if counts[i], err = strconv.Atoi(string(m.Value)); err != nil {
-					return counts, fmt.Errorf("decoding employee document: count %s", m.Value)
-				}
-			}
+		if counts[i], err = strconv.Atoi(string(raw)); err != nil {
+			return counts, fmt.Errorf("decoding employee document: count %s", raw)
 		}
 	}
 	return counts, nil
+}
+
+// bucketMember returns, for each priority bucket of an employee document,
+// the bytes of its member key ("count" or "incidents"), nil where absent.
+func bucketMember(data []byte, key string) ([4][]byte, error) {
+	var out [4][]byte
+	buckets, err := incident.ObjectMembers(data)
+	if err != nil {
+		return out, fmt.Errorf("decoding employee document: %w", err)
+	}
+	for _, b := range buckets {
+		i := incident.Priority(b.Key).Index()
+		if i < 0 {
+			continue
+		}
+		members, err := incident.ObjectMembers(b.Value)
+		if err != nil {
+			return out, fmt.Errorf("decoding employee document: %w", err)
+		}
+		for _, m := range members {
+			if m.Key == key {
+				out[i] = m.Value
+			}
+		}
+	}
+	return out, nil
 }
 
 // Add folds an incident in; it reports false when the document already holds
