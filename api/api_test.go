@@ -249,3 +249,52 @@ func TestFiltersAndPaging(t *testing.T) {
 		}
 	}
 }
+
+// entry is one change of the view as the watcher delivers it.
+type entry struct {
+	key, value string
+	op         jetstream.KeyValueOp
+}
+
+func (e entry) Bucket() string                  { return topology.BucketView }
+func (e entry) Key() string                     { return e.key }
+func (e entry) Value() []byte                   { return []byte(e.value) }
+func (e entry) Revision() uint64                { return 1 }
+func (e entry) Created() time.Time              { return time.Time{} }
+func (e entry) Delta() uint64                   { return 0 }
+func (e entry) Operation() jetstream.KeyValueOp { return e.op }
+
+// TestRebuildMarkerHoldsTheView: while the rebuild marker is set, changes
+// are taken but not served; once it is removed, or has expired, they are.
+func TestRebuildMarkerHoldsTheView(t *testing.T) {
+	for _, end := range []string{"removed", "expired"} {
+		t.Run(end, func(t *testing.T) {
+			s := storeWith(0)
+			s.apply(entry{key: "42", value: doc42, op: jetstream.KeyValuePut})
+			s.rebuild()
+			s.loaded.Store(true)
+			before := string(s.snap.Load().all.raw)
+
+			until := time.Now().Add(time.Hour)
+			if end == "expired" {
+				until = time.Now().Add(50 * time.Millisecond)
+			}
+			s.apply(entry{key: topology.RebuildKey, value: until.UTC().Format(time.RFC3339Nano), op: jetstream.KeyValuePut})
+			s.apply(entry{key: "42", op: jetstream.KeyValuePurge})
+			s.apply(entry{key: "43", value: doc42, op: jetstream.KeyValuePut})
+			s.rebuild()
+			if got := string(s.snap.Load().all.raw); got != before {
+				t.Fatalf("served a half-rebuilt view: %s", got)
+			}
+			if end == "removed" {
+				s.apply(entry{key: topology.RebuildKey, op: jetstream.KeyValueDelete})
+			} else {
+				testkit.Eventually(t, 5*time.Second, func() (bool, string) { return !s.frozen(), "waiting for the marker to expire" })
+			}
+			s.rebuild()
+			if got := string(s.snap.Load().all.raw); got != `{"43":`+doc42+`}` {
+				t.Fatalf("after the rebuild: %s", got)
+			}
+		})
+	}
+}
