@@ -26,7 +26,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/dlq"
 	"github.com/incidentpipe/pipeline/internal/envelope"
 	"github.com/incidentpipe/pipeline/internal/incident"
-	"github.com/incidentpipe/pipeline/internal/natsutil"
+	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
@@ -39,14 +39,17 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
+// Ready reports whether the stage makes progress: a readiness check.
+func (e *Enricher) Ready(ctx context.Context) error { return e.progress.Check(ctx) }
+
 // Enricher is one copy of the enrichment stage; several may run at once.
 type Enricher struct {
-	js      jetstream.JetStream
-	batch   int
-	log     *slog.Logger
-	metrics *metrics
-	ids     *identities
-	dlq     dlq.Publisher
+	js       jetstream.JetStream
+	batch    int
+	log      *slog.Logger
+	metrics  *metrics
+	progress *stage.Progress
+	ids      *identities
 }
 
 // New returns an enricher for o.
@@ -64,12 +67,12 @@ func New(o Options) (*Enricher, error) {
 		o.Registerer = prometheus.NewRegistry()
 	}
 	return &Enricher{
-		js:      o.JS,
-		batch:   o.Batch,
-		log:     o.Logger.With("stage", topology.StageEnricher),
-		metrics: newMetrics(o.Registerer),
-		ids:     newIdentities(),
-		dlq:     dlq.Publisher{JS: o.JS, Stage: topology.StageEnricher},
+		js:       o.JS,
+		batch:    o.Batch,
+		log:      o.Logger.With("stage", topology.StageEnricher),
+		metrics:  newMetrics(o.Registerer),
+		progress: stage.NewProgress(topology.StageEnricher, o.Registerer, o.Logger),
+		ids:      newIdentities(),
 	}, nil
 }
 
@@ -93,12 +96,17 @@ func (e *Enricher) Run(ctx context.Context) error {
 	}
 	e.log.Info("identities loaded", "count", e.ids.len())
 
-	cons, err := topology.EnsureConsumer(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer())
+	var cons jetstream.Consumer
+	err = topology.Retry(ctx, e.log, "ensuring consumer", func(ctx context.Context) error {
+		c, err := topology.EnsureConsumer(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer())
+		cons = c
+		return err
+	})
 	if err != nil {
 		return err
 	}
 	go e.resolveLoop(ctx, appeared)
-	go natsutil.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { e.metrics.pending.Set(float64(n)) })
+	go stage.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { e.metrics.pending.Set(float64(n)) })
 	// A broken identities watch stops the stage: it could not attribute.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -107,87 +115,78 @@ func (e *Enricher) Run(ctx context.Context) error {
 			cancel(fmt.Errorf("watching identities: %w", err))
 		}
 	}()
-	natsutil.FetchBatches(ctx, cons, e.batch, e.log, func(msgs []jetstream.Msg) { e.handleBatch(ctx, msgs) })
+	stage.Consume(ctx, cons, e.handle, stage.Options{
+		Stage:        topology.StageEnricher,
+		DLQ:          dlq.Publisher{JS: e.js, Stage: topology.StageEnricher},
+		Batch:        e.batch,
+		Progress:     e.progress,
+		DeadLettered: func(reason string) { e.metrics.dlq.WithLabelValues(topology.StageEnricher, reason).Inc() },
+		Logger:       e.log,
+	})
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
 }
 
-// job is one raw incident in flight.
-type job struct {
-	msg     jetstream.Msg
-	futures []jetstream.PubAckFuture
-	err     error
-}
-
-// handleBatch enriches a batch: all publishes go out asynchronously, then
-// each raw message is acked once its publishes are acknowledged.
-func (e *Enricher) handleBatch(ctx context.Context, msgs []jetstream.Msg) {
-	jobs := make([]job, len(msgs))
+// handle enriches a batch: every publish goes out at once, and a raw
+// incident is done once all its enriched copies are stored.
+func (e *Enricher) handle(ctx context.Context, msgs []jetstream.Msg) []stage.Outcome {
+	out := make([]stage.Outcome, len(msgs))
+	var pubs []*nats.Msg
+	var owner []int // owner[j]: the index in msgs that pubs[j] enriches
 	for i, m := range msgs {
-		jobs[i] = job{msg: m}
-		jobs[i].futures, jobs[i].err = e.enrich(ctx, m)
-	}
-	for _, j := range jobs {
-		err := j.err
-		for _, f := range j.futures {
-			select {
-			case <-f.Ok():
-			case perr := <-f.Err():
-				err = errors.Join(err, perr)
-			case <-ctx.Done():
-				return // unacked messages are redelivered
-			}
+		ms, o := e.enrich(m)
+		out[i] = o
+		for _, pm := range ms {
+			pubs = append(pubs, pm)
+			owner = append(owner, i)
 		}
-		if err != nil {
-			e.log.Warn("enriching failed; will retry", "subject", j.msg.Subject(), "error", err)
-			_ = j.msg.NakWithDelay(2 * time.Second)
-			continue
-		}
-		_ = j.msg.Ack()
 	}
+	res, _ := stage.PublishAll(ctx, e.js, pubs)
+	for j, r := range res {
+		i := owner[j]
+		switch {
+		case r.Err == nil || out[i].Verdict != stage.Ack:
+		case stage.OwnFault(r.Err):
+			out[i] = stage.Failed(r.Err)
+		default:
+			out[i] = stage.Retried(r.Err)
+		}
+	}
+	return out
 }
 
-// enrich starts the publishes of one raw incident. An invalid incident is
-// dead-lettered (synchronously) and returns no futures.
-func (e *Enricher) enrich(ctx context.Context, m jetstream.Msg) ([]jetstream.PubAckFuture, error) {
+// enrich returns the messages that enrich one raw incident, or the outcome
+// of one that cannot be enriched.
+func (e *Enricher) enrich(m jetstream.Msg) ([]*nats.Msg, stage.Outcome) {
 	env, in, err := attribute(m.Subject(), m.Data(), e.ids)
 	if err != nil {
 		id := m.Headers().Get(topology.HeaderMsgID)
-		if id == "" {
-			id = incident.ID(env.Type, m.Data())
-		}
-		letter := dlq.Letter{Type: string(env.Type), ID: id, Subject: m.Subject(), Data: m.Data(), Err: err}
-		if err := e.dlq.Publish(ctx, letter); err != nil {
-			return nil, err
-		}
-		e.metrics.dlq.WithLabelValues(topology.StageEnricher, letter.Reason()).Inc()
-		e.log.Warn("invalid incident dead-lettered", "type", env.Type, "id", id, "reason", letter.Reason(), "error", err)
-		return nil, nil
+		return nil, stage.Rejected(string(env.Type), id, err)
 	}
-	if env.EmployeeID != "" {
-		e.metrics.enriched.WithLabelValues(string(env.Type), "attributed").Inc()
-		f, err := e.publish(env, false)
-		return []jetstream.PubAckFuture{f}, err
+	outcome := "attributed"
+	if env.EmployeeID == "" {
+		outcome = "unattributed"
 	}
-	e.metrics.enriched.WithLabelValues(string(env.Type), "unattributed").Inc()
-	f, err := e.publish(env, false)
+	e.metrics.enriched.WithLabelValues(string(env.Type), outcome).Inc()
+	msg, err := enrichedMsg(env, false)
 	if err != nil {
-		return nil, err
+		return nil, stage.Failed(err)
 	}
-	futures := []jetstream.PubAckFuture{f}
+	msgs := []*nats.Msg{msg}
 	// The identity may have appeared while this was in flight, after the
 	// resolver scanned for it: resolve here too; the message id dedups.
-	if emp, ok := e.ids.lookup(in.Identity.IP); ok {
-		env.EmployeeID = emp
-		f, err := e.publish(env, true)
-		if err != nil {
-			return futures, err
+	if env.EmployeeID == "" {
+		if emp, ok := e.ids.lookup(in.Identity.IP); ok {
+			env.EmployeeID = emp
+			if msg, err = enrichedMsg(env, true); err != nil {
+				return nil, stage.Failed(err)
+			}
+			msgs = append(msgs, msg)
 		}
-		futures = append(futures, f)
 	}
-	return futures, nil
+	return msgs, stage.Done()
 }
 
 // attribute decodes a raw incident read from subject and resolves its
@@ -212,9 +211,10 @@ func attribute(subject string, data []byte, ids *identities) (envelope.Enriched,
 	return env, in, nil
 }
 
-// publish sends an enriched incident: attributed to its employee's subject,
-// unattributed (and resolutions of unattributed ones) to its IP's subject.
-func (e *Enricher) publish(env envelope.Enriched, resolution bool) (jetstream.PubAckFuture, error) {
+// enrichedMsg is the message of an enriched incident: attributed to its
+// employee's subject, unattributed (and resolutions of unattributed ones) to
+// its IP's subject.
+func enrichedMsg(env envelope.Enriched, resolution bool) (*nats.Msg, error) {
 	data, err := env.Encode()
 	if err != nil {
 		return nil, err
@@ -235,9 +235,5 @@ func (e *Enricher) publish(env envelope.Enriched, resolution bool) (jetstream.Pu
 		msg.Header.Set(topology.HeaderMsgID, env.ID+"."+env.EmployeeID)
 	}
 	msg.Data = data
-	f, err := e.js.PublishMsgAsync(msg)
-	if err != nil {
-		return nil, fmt.Errorf("publishing enriched incident %s: %w", env.ID, err)
-	}
-	return f, nil
+	return msg, nil
 }

@@ -2,12 +2,15 @@ package enricher
 
 import (
 	"context"
+	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/incidentpipe/pipeline/internal/envelope"
 	"github.com/incidentpipe/pipeline/internal/natsutil"
+	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/wait"
 )
@@ -20,10 +23,11 @@ func (e *Enricher) resolveLoop(ctx context.Context, appeared <-chan struct{}) {
 			if ctx.Err() != nil {
 				return
 			}
-			e.log.Warn("resolving unattributed incidents failed; will retry", "error", err)
+			e.progress.Stalled(fmt.Errorf("resolving unattributed incidents: %w", err))
 			_ = wait.For(ctx, 2*time.Second)
 			continue
 		} else if n > 0 {
+			e.progress.OK()
 			e.log.Info("attributed pending incidents", "count", n)
 		}
 		select {
@@ -55,7 +59,7 @@ func (e *Enricher) ResolvePending(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	var futures []jetstream.PubAckFuture
+	var msgs []*nats.Msg
 	for id, env := range unresolved {
 		ip, ok := env.Addr()
 		if resolved[id] || !ok {
@@ -66,21 +70,15 @@ func (e *Enricher) ResolvePending(ctx context.Context) (int, error) {
 			continue
 		}
 		env.EmployeeID = emp
-		f, err := e.publish(env, true)
+		msg, err := enrichedMsg(env, true)
 		if err != nil {
 			return 0, err
 		}
-		futures = append(futures, f)
+		msgs = append(msgs, msg)
 	}
-	for _, f := range futures {
-		select {
-		case <-f.Ok():
-		case err := <-f.Err():
-			return 0, err
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
+	if _, err := stage.PublishAll(ctx, e.js, msgs); err != nil {
+		return 0, err
 	}
-	e.metrics.reattributed.Add(float64(len(futures)))
-	return len(futures), nil
+	e.metrics.reattributed.Add(float64(len(msgs)))
+	return len(msgs), nil
 }

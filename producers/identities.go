@@ -67,7 +67,8 @@ func (p *Producers) SyncIdentities(ctx context.Context) (SyncResult, error) {
 	n, err := putAll(ctx, p.js, topology.BucketIdentities, puts)
 	res.Put = n
 	if err != nil {
-		return res, fmt.Errorf("putting identities: %w", err)
+		p.progress.Stalled(err)
+		return res, fmt.Errorf("%w: identities: %w", errPublishing, err)
 	}
 	for k := range have {
 		if _, ok := want[k]; ok {

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/upstream"
 	"github.com/incidentpipe/pipeline/internal/wait"
@@ -49,6 +50,7 @@ type Producers struct {
 	types    []incident.Type
 	log      *slog.Logger
 	metrics  *metrics
+	progress *stage.Progress
 
 	mu   sync.Mutex
 	seen map[incident.Type]*seenSet // what is known to be in INCIDENTS_RAW
@@ -78,9 +80,13 @@ func New(o Options) (*Producers, error) {
 		types:    o.Types,
 		log:      o.Logger.With("stage", topology.StageProducers),
 		metrics:  newMetrics(o.Registerer, o.Types),
+		progress: stage.NewProgress(topology.StageProducers, o.Registerer, o.Logger),
 		seen:     map[incident.Type]*seenSet{},
 	}, nil
 }
+
+// Ready reports whether publishing makes progress: a readiness check.
+func (p *Producers) Ready(ctx context.Context) error { return p.progress.Check(ctx) }
 
 // Run syncs the identities once, so that the first incidents resolve, then
 // polls every type and the identities on the interval until ctx ends.
@@ -116,25 +122,43 @@ func (p *Producers) Run(ctx context.Context) error {
 }
 
 // every runs f now and then on the interval with jitter. After refused
-// credentials it waits longer, up to 8 intervals, so as not to hammer.
+// credentials it waits longer, up to 8 intervals, so as not to hammer. A
+// failure is logged when polls start failing and then at most once per
+// failureLogEvery while they go on; failures to publish are NATS's and are
+// reported by the stage's progress instead.
 func (p *Producers) every(ctx context.Context, endpoint string, f func(context.Context) error) {
-	refused := 0
+	refused, failing := 0, 0
+	var logged time.Time
 	for ctx.Err() == nil {
 		err := f(ctx)
 		switch {
 		case err == nil:
-			refused = 0
+			if failing > 0 {
+				p.log.Info("polls succeed again", "endpoint", endpoint, "failed_polls", failing)
+			}
+			refused, failing = 0, 0
 		case ctx.Err() != nil:
 			return
-		case errors.Is(err, upstream.ErrUnauthorized):
-			refused++
-			p.log.Error("upstream refused the credentials; not retrying until the next poll", "endpoint", endpoint, "error", err)
 		default:
-			p.log.Error("poll failed; nothing published, the view keeps what it has", "endpoint", endpoint, "error", err)
+			failing++
+			if errors.Is(err, upstream.ErrUnauthorized) {
+				refused++
+			}
+			if !errors.Is(err, errPublishing) && (failing == 1 || time.Since(logged) >= failureLogEvery) {
+				logged = time.Now()
+				p.log.Error("poll failed; what it read in full is kept, the view keeps what it has", "endpoint", endpoint, "failed_polls", failing, "error", err)
+			}
 		}
 		_ = wait.For(ctx, p.jittered(refused))
 	}
 }
+
+// failureLogEvery is how often a poll that keeps failing is logged.
+const failureLogEvery = time.Minute
+
+// errPublishing marks a poll that failed because NATS did not store what it
+// read.
+var errPublishing = errors.New("publishing to NATS")
 
 // jittered is the wait before the next poll: the interval ±10%, doubled for
 // each refusal of the credentials in a row, up to 8 times.
@@ -193,8 +217,10 @@ func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, erro
 	p.metrics.published.WithLabelValues(string(t)).Add(float64(res.Published))
 	if err != nil {
 		p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "error").Inc()
-		return res, fmt.Errorf("publishing %s incidents: %w", t, err)
+		p.progress.Stalled(err)
+		return res, fmt.Errorf("%w: %s incidents: %w", errPublishing, t, err)
 	}
+	p.progress.OK()
 	p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "ok").Inc()
 	p.metrics.lastSuccess.WithLabelValues(upstream.Endpoint(t)).SetToCurrentTime()
 	p.log.Info("polled", "type", t, "count", res.Fetched, "new", res.Published, "duration", time.Since(start).Round(time.Millisecond).String())

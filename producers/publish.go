@@ -2,14 +2,13 @@ package producers
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/natsutil"
+	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
@@ -24,71 +23,41 @@ type storedIncident struct {
 	new bool // false when JetStream already had it (another copy published it)
 }
 
-// publishBatch is how many publishes are in flight at once.
-const publishBatch = 256
-
-// publishRaw publishes incidents asynchronously in batches, each with its id
-// as Nats-Msg-Id, and returns those JetStream acknowledged.
+// publishRaw publishes incidents, each with its id as Nats-Msg-Id, and
+// returns those JetStream stored (new or already there).
 func publishRaw(ctx context.Context, js jetstream.JetStream, t incident.Type, items []rawIncident) ([]storedIncident, error) {
+	msgs := make([]*nats.Msg, len(items))
+	for i, r := range items {
+		msgs[i] = nats.NewMsg(topology.RawSubject(t))
+		msgs[i].Data = r.data
+		msgs[i].Header.Set(topology.HeaderMsgID, r.id)
+	}
+	res, err := stage.PublishAll(ctx, js, msgs)
 	var stored []storedIncident
-	var errs []error
-	for start := 0; start < len(items); start += publishBatch {
-		chunk := items[start:min(start+publishBatch, len(items))]
-		futures := make([]jetstream.PubAckFuture, 0, len(chunk))
-		for _, r := range chunk {
-			msg := nats.NewMsg(topology.RawSubject(t))
-			msg.Data = r.data
-			f, err := js.PublishMsgAsync(msg, jetstream.WithMsgID(r.id))
-			if err != nil {
-				errs = append(errs, err)
-				break
-			}
-			futures = append(futures, f)
-		}
-		for i, f := range futures {
-			select {
-			case ack := <-f.Ok():
-				stored = append(stored, storedIncident{rawIncident: chunk[i], new: !ack.Duplicate})
-			case err := <-f.Err():
-				errs = append(errs, err)
-			case <-ctx.Done():
-				return stored, ctx.Err()
-			}
-		}
-		if len(errs) > 0 {
-			return stored, fmt.Errorf("%d publishes failed: %w", len(errs), errors.Join(errs...))
+	for i, r := range res {
+		if r.Ack != nil {
+			stored = append(stored, storedIncident{rawIncident: items[i], new: !r.Ack.Duplicate})
 		}
 	}
-	return stored, nil
+	return stored, err
 }
 
 // putAll puts many keys of a KV bucket at once: a KV put is a publish to
-// $KV.<bucket>.<key>, so they go out asynchronously in batches rather than
-// one round trip each. It returns how many were stored.
+// $KV.<bucket>.<key>, so they go out together rather than one round trip
+// each. It returns how many were stored.
 func putAll(ctx context.Context, js jetstream.JetStream, bucket string, entries []rawIncident) (int, error) {
+	msgs := make([]*nats.Msg, len(entries))
+	for i, e := range entries {
+		msgs[i] = &nats.Msg{Subject: "$KV." + bucket + "." + e.id, Data: e.data}
+	}
+	res, err := stage.PublishAll(ctx, js, msgs)
 	done := 0
-	for start := 0; start < len(entries); start += publishBatch {
-		chunk := entries[start:min(start+publishBatch, len(entries))]
-		futures := make([]jetstream.PubAckFuture, 0, len(chunk))
-		for _, e := range chunk {
-			f, err := js.PublishAsync("$KV."+bucket+"."+e.id, e.data)
-			if err != nil {
-				return done, err
-			}
-			futures = append(futures, f)
-		}
-		for _, f := range futures {
-			select {
-			case <-f.Ok():
-				done++
-			case err := <-f.Err():
-				return done, err
-			case <-ctx.Done():
-				return done, ctx.Err()
-			}
+	for _, r := range res {
+		if r.Ack != nil {
+			done++
 		}
 	}
-	return done, nil
+	return done, err
 }
 
 // readIDs calls fn with the id of every raw incident of type t stored.

@@ -21,7 +21,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/dlq"
 	"github.com/incidentpipe/pipeline/internal/envelope"
 	"github.com/incidentpipe/pipeline/internal/incident"
-	"github.com/incidentpipe/pipeline/internal/natsutil"
+	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
@@ -38,13 +38,16 @@ type Options struct {
 
 // Projector is one copy of the projection stage; several may run at once.
 type Projector struct {
-	js      jetstream.JetStream
-	batch   int
-	workers int
-	log     *slog.Logger
-	metrics *metrics
-	dlq     dlq.Publisher
+	js       jetstream.JetStream
+	batch    int
+	workers  int
+	log      *slog.Logger
+	metrics  *metrics
+	progress *stage.Progress
 }
+
+// Ready reports whether the stage makes progress: a readiness check.
+func (p *Projector) Ready(ctx context.Context) error { return p.progress.Check(ctx) }
 
 // New returns a projector for o.
 func New(o Options) (*Projector, error) {
@@ -64,12 +67,12 @@ func New(o Options) (*Projector, error) {
 		o.Registerer = prometheus.NewRegistry()
 	}
 	return &Projector{
-		js:      o.JS,
-		batch:   o.Batch,
-		workers: o.Workers,
-		log:     o.Logger.With("stage", topology.StageProjector),
-		metrics: newMetrics(o.Registerer),
-		dlq:     dlq.Publisher{JS: o.JS, Stage: topology.StageProjector},
+		js:       o.JS,
+		batch:    o.Batch,
+		workers:  o.Workers,
+		log:      o.Logger.With("stage", topology.StageProjector),
+		metrics:  newMetrics(o.Registerer),
+		progress: stage.NewProgress(topology.StageProjector, o.Registerer, o.Logger),
 	}, nil
 }
 
@@ -79,23 +82,37 @@ func (p *Projector) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
 	}
-	cons, err := topology.EnsureConsumer(ctx, p.js, topology.StreamEnriched, topology.ProjectorConsumer())
+	var cons jetstream.Consumer
+	err = topology.Retry(ctx, p.log, "ensuring consumer", func(ctx context.Context) error {
+		c, err := topology.EnsureConsumer(ctx, p.js, topology.StreamEnriched, topology.ProjectorConsumer())
+		cons = c
+		return err
+	})
 	if err != nil {
 		return err
 	}
-	go natsutil.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { p.metrics.pending.Set(float64(n)) })
-	natsutil.FetchBatches(ctx, cons, p.batch, p.log, func(msgs []jetstream.Msg) { p.handleBatch(ctx, kv, msgs) })
+	go stage.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { p.metrics.pending.Set(float64(n)) })
+	stage.Consume(ctx, cons, func(ctx context.Context, msgs []jetstream.Msg) []stage.Outcome {
+		return p.handle(ctx, kv, msgs)
+	}, stage.Options{
+		Stage:        topology.StageProjector,
+		DLQ:          dlq.Publisher{JS: p.js, Stage: topology.StageProjector},
+		Batch:        p.batch,
+		Progress:     p.progress,
+		DeadLettered: func(reason string) { p.metrics.dlq.WithLabelValues(topology.StageProjector, reason).Inc() },
+		Logger:       p.log,
+	})
 	return nil
 }
 
-// handleBatch folds a batch: the changes to each document are grouped, in
-// message order, into one compare-and-set write; a message is acked when all
+// handle folds a batch: the changes to each document are grouped, in
+// message order, into one compare-and-set write; a message is done when all
 // documents it touches are written.
-func (p *Projector) handleBatch(ctx context.Context, kv jetstream.KeyValue, msgs []jetstream.Msg) {
+func (p *Projector) handle(ctx context.Context, kv jetstream.KeyValue, msgs []jetstream.Msg) []stage.Outcome {
+	out := make([]stage.Outcome, len(msgs))
 	plans := map[string]*plan{}
 	var order []string
 	touches := make([][]string, len(msgs))
-	failed := make([]error, len(msgs))
 	add := func(i int, key string, o op) {
 		pl := plans[key]
 		if pl == nil {
@@ -107,15 +124,16 @@ func (p *Projector) handleBatch(ctx context.Context, kv jetstream.KeyValue, msgs
 		touches[i] = append(touches[i], key)
 	}
 	for i, m := range msgs {
+		id := m.Headers().Get(topology.HeaderMsgID)
 		env, in, err := envelope.Decode(m.Data())
 		if err != nil {
-			failed[i] = p.deadLetter(ctx, m, env, err)
+			out[i] = stage.Rejected(string(env.Type), id, err)
 			continue
 		}
 		ip, hasIP := env.Addr()
 		switch {
 		case env.EmployeeID == "" && !hasIP:
-			failed[i] = p.deadLetter(ctx, m, env, &incident.InvalidError{Reason: incident.ReasonInvalidEnvelope, Detail: "unattributed incident without a valid ip"})
+			out[i] = stage.Rejected(string(env.Type), id, &incident.InvalidError{Reason: incident.ReasonInvalidEnvelope, Detail: "unattributed incident without a valid ip"})
 		case env.EmployeeID == "":
 			add(i, topology.UnattributedKey(ip), op{kind: opUnattributed, in: in, msg: i})
 		case m.Headers().Get(topology.HeaderReattributed) != "" && hasIP:
@@ -142,37 +160,19 @@ func (p *Projector) handleBatch(ctx context.Context, kv jetstream.KeyValue, msgs
 	}
 	wg.Wait()
 
-	for i, m := range msgs {
-		err := failed[i]
+	for i := range msgs {
+		var err error
 		for _, key := range touches[i] {
 			err = errors.Join(err, results[key])
 		}
 		switch {
 		case err == nil:
-			_ = m.Ack()
 		case errors.Is(err, nats.ErrMaxPayload):
 			// The document would outgrow what NATS carries: retrying cannot help.
-			if dlErr := p.deadLetter(ctx, m, envelope.Enriched{}, &incident.InvalidError{Reason: "document_too_large", Detail: err.Error()}); dlErr != nil {
-				_ = m.NakWithDelay(5 * time.Second)
-			} else {
-				_ = m.Ack()
-			}
+			out[i] = stage.Rejected("", msgs[i].Headers().Get(topology.HeaderMsgID), &incident.InvalidError{Reason: dlq.ReasonTooLarge, Detail: err.Error()})
 		default:
-			p.log.Warn("projecting failed; will retry", "subject", m.Subject(), "error", err)
-			_ = m.NakWithDelay(2 * time.Second)
+			out[i] = stage.Retried(err)
 		}
 	}
-}
-
-// deadLetter stores an unprocessable message in the DLQ; the message may be
-// acked when this returns nil.
-func (p *Projector) deadLetter(ctx context.Context, m jetstream.Msg, env envelope.Enriched, err error) error {
-	id := m.Headers().Get(topology.HeaderMsgID)
-	letter := dlq.Letter{Type: string(env.Type), ID: id, Subject: m.Subject(), Data: m.Data(), Err: err}
-	if perr := p.dlq.Publish(ctx, letter); perr != nil {
-		return perr
-	}
-	p.metrics.dlq.WithLabelValues(topology.StageProjector, letter.Reason()).Inc()
-	p.log.Warn("enriched incident dead-lettered", "subject", m.Subject(), "reason", letter.Reason(), "error", err)
-	return nil
+	return out
 }

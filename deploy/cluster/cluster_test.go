@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/incidentpipe/pipeline/deploy/pipeline/pipelinetest"
+	"github.com/incidentpipe/pipeline/internal/embedded"
 	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/simulator"
 	"github.com/incidentpipe/pipeline/internal/testkit"
@@ -49,7 +50,7 @@ func startCluster(t *testing.T) []*server.Server {
 			Port:       -1,
 			JetStream:  true,
 			StoreDir:   filepath.Join(dir, fmt.Sprintf("n%d", i+1)),
-			MaxPayload: natsutil.MaxPayload,
+			MaxPayload: embedded.MaxPayload,
 			Cluster:    server.ClusterOpts{Name: "incidents", Host: "127.0.0.1", Port: p},
 			Routes:     server.RoutesFromStr(strings.Join(routes, ",")),
 			NoLog:      true,

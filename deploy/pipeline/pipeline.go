@@ -22,7 +22,7 @@ import (
 	"github.com/incidentpipe/pipeline/enricher"
 	"github.com/incidentpipe/pipeline/internal/app"
 	"github.com/incidentpipe/pipeline/internal/config"
-	"github.com/incidentpipe/pipeline/internal/natsutil"
+	"github.com/incidentpipe/pipeline/internal/embedded"
 	"github.com/incidentpipe/pipeline/internal/simulator"
 	"github.com/incidentpipe/pipeline/internal/telemetry"
 	"github.com/incidentpipe/pipeline/producers"
@@ -40,25 +40,25 @@ type Hooks struct {
 
 // Run runs the pipeline until ctx ends.
 func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) error {
-	var embedded *server.Server
+	var ns *server.Server
 	if cfg.NATSURL == "" {
 		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 			return fmt.Errorf("creating DATA_DIR: %w", err)
 		}
 		var err error
-		embedded, err = natsutil.StartEmbedded(natsutil.EmbeddedOptions{Listen: cfg.NATSListen, StoreDir: cfg.DataDir})
+		ns, err = embedded.Start(embedded.Options{Listen: cfg.NATSListen, StoreDir: cfg.DataDir})
 		if err != nil {
 			return err
 		}
 		defer func() {
-			embedded.Shutdown()
-			embedded.WaitForShutdown()
+			ns.Shutdown()
+			ns.WaitForShutdown()
 		}()
-		log.Info("embedded NATS server started", "listen", embedded.ClientURL(), "data_dir", cfg.DataDir)
+		log.Info("embedded NATS server started", "listen", ns.ClientURL(), "data_dir", cfg.DataDir)
 	}
 
 	health := &telemetry.Health{}
-	nc, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone", Embedded: embedded, Ensure: true}, health, log)
+	nc, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone", Embedded: ns, Ensure: true}, health, log)
 	if err != nil {
 		return err
 	}
@@ -68,7 +68,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	// would make every stage wait for the others.
 	conns := map[string]*app.NATS{}
 	for _, stage := range []string{"producers", "enricher", "projector"} {
-		c, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone-" + stage, Embedded: embedded}, &telemetry.Health{}, log)
+		c, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone-" + stage, Embedded: ns}, &telemetry.Health{}, log)
 		if err != nil {
 			return err
 		}
@@ -111,6 +111,9 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	if err != nil {
 		return err
 	}
+	health.Add("producers", prod.Ready)
+	health.Add("enricher", enr.Ready)
+	health.Add("projector", proj.Ready)
 	a, err := api.New(api.OptionsFrom(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"]}, cfg))
 	if err != nil {
 		return err
@@ -124,8 +127,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	}
 	if hooks.Started != nil {
 		natsURL := cfg.NATSURL
-		if embedded != nil {
-			natsURL = embedded.ClientURL()
+		if ns != nil {
+			natsURL = ns.ClientURL()
 		}
 		hooks.Started(l.Addr().String(), natsURL)
 	}

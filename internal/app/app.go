@@ -19,7 +19,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -93,8 +92,8 @@ type NATS struct {
 type NATSOptions struct {
 	// Name is the client name operators see.
 	Name string
-	// Embedded, when set, is connected to in-process.
-	Embedded *server.Server
+	// Embedded, when set, is an embedded server to connect to in-process.
+	Embedded nats.InProcessConnProvider
 	// Ensure creates or updates the streams and buckets. Writers do; the
 	// read-only API waits for them instead.
 	Ensure bool
@@ -112,7 +111,9 @@ func ConnectNATS(ctx context.Context, cfg config.Config, o NATSOptions, health *
 		return nil, err
 	}
 	if o.Ensure {
-		if err := topology.Ensure(ctx, js, cfg.Topology); err != nil {
+		if err := topology.Retry(ctx, log, "ensuring streams and buckets", func(ctx context.Context) error {
+			return topology.Ensure(ctx, js, cfg.Topology)
+		}); err != nil {
 			nc.Close()
 			return nil, err
 		}

@@ -5,6 +5,9 @@ package dlq
 import (
 	"context"
 	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -23,14 +26,23 @@ type Letter struct {
 	Err     error  // why; its incident.Reason becomes the reason header
 }
 
-// Reasons beyond an incident's own (incident.Reason).
+// Reasons beyond an incident's own (incident.Reason): every reason token a
+// stage dead-letters with is one of these or of incident.Reasons.
 const (
 	// ReasonTooLarge: the document the incident belongs to would outgrow
 	// the largest message NATS carries.
 	ReasonTooLarge incident.Reason = "document_too_large"
+	// ReasonRepeatedFailure: handling the message failed (an error about
+	// it, or a panic) as often as the stage allows.
+	ReasonRepeatedFailure incident.Reason = "repeated_failure"
 	// ReasonUnprocessable: any other failure that retrying cannot fix.
 	ReasonUnprocessable incident.Reason = "unprocessable"
 )
+
+// Reasons returns every reason token a dead letter may carry.
+func Reasons() []incident.Reason {
+	return append(incident.Reasons(), ReasonTooLarge, ReasonRepeatedFailure, ReasonUnprocessable)
+}
 
 // Reason returns the short reason token of l.
 func (l Letter) Reason() string {
@@ -49,7 +61,7 @@ func NewCounter(reg prometheus.Registerer, stage string) *prometheus.CounterVec 
 		Help: "Incidents dead-lettered to INCIDENTS_DLQ, by stage and reason.",
 	}, []string{"stage", "reason"})
 	reg.MustRegister(c)
-	for _, r := range append(incident.Reasons(), ReasonTooLarge, ReasonUnprocessable) {
+	for _, r := range Reasons() {
 		c.WithLabelValues(stage, string(r))
 	}
 	return c
@@ -66,13 +78,41 @@ func (p Publisher) Publish(ctx context.Context, l Letter) error {
 	msg := nats.NewMsg(topology.DLQSubject(p.Stage, l.Type))
 	msg.Data = l.Data
 	msg.Header.Set(topology.HeaderDLQReason, l.Reason())
-	msg.Header.Set(topology.HeaderDLQError, l.Err.Error())
+	msg.Header.Set(topology.HeaderDLQError, headerValue(l.Err.Error()))
 	msg.Header.Set(topology.HeaderDLQSubject, l.Subject)
 	if l.ID != "" {
 		msg.Header.Set(topology.HeaderMsgID, p.Stage+"."+l.ID)
 	}
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
 	if _, err := p.JS.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("dead-lettering %s from %s: %w", l.ID, l.Subject, err)
 	}
 	return nil
+}
+
+// publishTimeout bounds the wait for a dead letter's acknowledgement.
+const publishTimeout = 10 * time.Second
+
+// maxErrorHeader bounds the Incident-Dlq-Error header.
+const maxErrorHeader = 1024
+
+// headerValue makes s safe as a header value: one line, valid UTF-8, at most
+// maxErrorHeader bytes.
+func headerValue(s string) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > maxErrorHeader {
+		cut := maxErrorHeader
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut] + "…"
+	}
+	return s
 }

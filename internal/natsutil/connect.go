@@ -6,16 +6,15 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // ConnectOptions say where and as whom to connect.
 type ConnectOptions struct {
-	URL       string         // ignored when InProcess is set
-	InProcess *server.Server // connect in-process to an embedded server
-	Name      string         // client name, shown by `nats server report connections`
+	URL       string                     // ignored when InProcess is set
+	InProcess nats.InProcessConnProvider // connect in-process to an embedded server
+	Name      string                     // client name, shown by `nats server report connections`
 	User      string
 	Password  string
 	Creds     string // credentials file
@@ -81,10 +80,17 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncTimeout(PublishTimeout),
+		jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("connecting to JetStream: %w", err)
 	}
 	return nc, js, nil
 }
+
+// PublishTimeout bounds how long any JetStream publish acknowledgement is
+// awaited: a server that cannot store (full disk, lost quorum) makes
+// publishes fail instead of hanging.
+const PublishTimeout = 10 * time.Second

@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/incidentpipe/pipeline/internal/embedded"
 	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
@@ -30,7 +31,7 @@ func JetStream(t testing.TB) *server.Server {
 // restart a server on the same data.
 func JetStreamAt(t testing.TB, dir string) *server.Server {
 	t.Helper()
-	s, err := natsutil.StartEmbedded(natsutil.EmbeddedOptions{Listen: "127.0.0.1:-1", StoreDir: dir})
+	s, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:-1", StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,12 @@
 package topology
 
 import (
+	"log/slog"
+
 	"context"
 	"errors"
 	"fmt"
+	"github.com/nats-io/nats.go"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -184,4 +187,50 @@ func retryRace(ctx context.Context, f func() error) error {
 		}
 	}
 	return err
+}
+
+// Retry runs f (an Ensure or EnsureConsumer) until it succeeds, ctx ends,
+// or it fails for a reason waiting cannot mend (IsConfigError). While a
+// cluster elects its leaders, or the server is away, that is a wait with
+// backoff, logged when it starts and then at most once a minute.
+func Retry(ctx context.Context, log *slog.Logger, what string, f func(ctx context.Context) error) error {
+	backoff := 250 * time.Millisecond
+	var logged time.Time
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := f(actx)
+		cancel()
+		switch {
+		case err == nil:
+			if attempt > 1 {
+				log.Info("NATS topology in place", "what", what, "attempts", attempt)
+			}
+			return nil
+		case ctx.Err() != nil:
+			return fmt.Errorf("%s: %w", what, ctx.Err())
+		case IsConfigError(err):
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if time.Since(logged) >= time.Minute {
+			logged = time.Now()
+			log.Warn("NATS not ready for the topology; waiting", "what", what, "attempt", attempt, "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w", what, ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 10*time.Second)
+	}
+}
+
+// IsConfigError reports whether err is JetStream refusing a request as
+// invalid or forbidden (a bad configuration, missing permissions): retrying
+// the same request cannot succeed.
+func IsConfigError(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiErr.Code == 400 || apiErr.Code == 403
+	}
+	return errors.Is(err, nats.ErrPermissionViolation) || errors.Is(err, nats.ErrAuthorization)
 }

@@ -26,6 +26,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	health.Add("enricher", e.Ready)
 	return app.RunAll(ctx,
 		app.Task{Name: "enricher", Run: e.Run},
 		app.HTTPServer(cfg.MetricsAddr, app.OpsHandler(reg, health), log),

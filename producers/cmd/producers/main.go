@@ -34,6 +34,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	health.Add("producers", p.Ready)
 	return app.RunAll(ctx,
 		app.Task{Name: "producers", Run: p.Run},
 		app.HTTPServer(cfg.MetricsAddr, app.OpsHandler(reg, health), log),

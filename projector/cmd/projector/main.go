@@ -32,6 +32,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	health.Add("projector", p.Ready)
 	return app.RunAll(ctx,
 		app.Task{Name: "projector", Run: p.Run},
 		app.HTTPServer(cfg.MetricsAddr, app.OpsHandler(reg, health), log),

@@ -1,6 +1,7 @@
-// Package natsutil connects to NATS, starts an embedded server, and reads
-// streams from the start: what every stage and the standalone share.
-package natsutil
+// Package embedded starts an in-process NATS server with JetStream: for the
+// standalone process and tests only, so that no stage binary links the
+// server.
+package embedded
 
 import (
 	"errors"
@@ -12,8 +13,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// EmbeddedOptions configure an in-process NATS server with JetStream.
-type EmbeddedOptions struct {
+// Options configure an in-process NATS server with JetStream.
+type Options struct {
 	// Listen is the client address, host:port; port -1 picks a free one.
 	Listen string
 	// StoreDir holds JetStream's files.
@@ -26,9 +27,9 @@ type EmbeddedOptions struct {
 // large employee documents in INCIDENT_VIEW.
 const MaxPayload = 8 << 20
 
-// StartEmbedded starts a NATS server with JetStream and waits until it
+// Start starts a NATS server with JetStream and waits until it
 // accepts connections.
-func StartEmbedded(o EmbeddedOptions) (*server.Server, error) {
+func Start(o Options) (*server.Server, error) {
 	host, portText, err := net.SplitHostPort(o.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("NATS_LISTEN %q: %w", o.Listen, err)

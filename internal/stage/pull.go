@@ -1,4 +1,4 @@
-package natsutil
+package stage
 
 import (
 	"context"
@@ -11,13 +11,13 @@ import (
 	"github.com/incidentpipe/pipeline/internal/wait"
 )
 
-// FetchBatches pulls from a durable consumer and hands handle whatever has
+// pullBatches pulls from a durable consumer and hands handle whatever has
 // arrived, up to batch messages at a time, until ctx ends. It never waits
 // for a batch to fill: one message is handled as soon as it arrives, many
 // are handled together, so both freshness and throughput hold. Failures
 // (a deleted consumer during a rebuild, a lost connection) are logged and
 // pulling starts again after a second.
-func FetchBatches(ctx context.Context, cons jetstream.Consumer, batch int, log *slog.Logger, handle func([]jetstream.Msg)) {
+func pullBatches(ctx context.Context, cons jetstream.Consumer, batch int, log *slog.Logger, handle func([]jetstream.Msg)) {
 	for ctx.Err() == nil {
 		err := pull(ctx, cons, batch, handle)
 		if ctx.Err() != nil {

@@ -1,0 +1,133 @@
+package stage
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Failure kinds, the values of the kind label of
+// incidents_stage_failures_total.
+const (
+	KindInfrastructure = "infrastructure" // NATS unavailable, storage full, timeouts
+	KindMessage        = "message"        // one message's own handling failed
+	KindPanic          = "panic"          // a handler panicked
+)
+
+// Progress tracks whether a stage is making progress. A stage that cannot
+// (its writes fail) says so once per change of state: one log line, the
+// gauge incidents_stage_stalled, and a failing readiness check; failures are
+// counted, and logged at most once per LogEvery while they repeat.
+type Progress struct {
+	stage    string
+	log      *slog.Logger
+	stalled  prometheus.Gauge
+	failures *prometheus.CounterVec
+	logEvery time.Duration
+
+	mu         sync.Mutex
+	since      time.Time // when the current stall began; zero when not stalled
+	lastErr    error
+	lastLogged map[string]time.Time // kind → last failure logged
+	suppressed map[string]int       // kind → failures not logged since
+}
+
+// NewProgress registers the stage's progress metrics on reg.
+func NewProgress(stage string, reg prometheus.Registerer, log *slog.Logger) *Progress {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Progress{
+		stage: stage,
+		log:   log,
+		stalled: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name:        "incidents_stage_stalled",
+			Help:        "1 while the stage cannot make progress (its writes to NATS fail), else 0.",
+			ConstLabels: prometheus.Labels{"stage": stage},
+		}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name:        "incidents_stage_failures_total",
+			Help:        "Failed attempts at handling or publishing, by kind (infrastructure, message, panic).",
+			ConstLabels: prometheus.Labels{"stage": stage},
+		}, []string{"kind"}),
+		logEvery:   time.Minute,
+		lastLogged: map[string]time.Time{},
+		suppressed: map[string]int{},
+	}
+	reg.MustRegister(p.stalled, p.failures)
+	for _, k := range []string{KindInfrastructure, KindMessage, KindPanic} {
+		p.failures.WithLabelValues(k)
+	}
+	return p
+}
+
+// OK records progress: a stall, if any, is over.
+func (p *Progress) OK() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.since.IsZero() {
+		return
+	}
+	p.log.Info("stage resumed", "stage", p.stage, "stalled_for", time.Since(p.since).Round(time.Millisecond).String())
+	p.since, p.lastErr = time.Time{}, nil
+	p.stalled.Set(0)
+}
+
+// Stalled records that the infrastructure failed: the stage is stalled
+// until the next OK.
+func (p *Progress) Stalled(err error) {
+	p.failures.WithLabelValues(KindInfrastructure).Inc()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lastErr = err
+	if p.since.IsZero() {
+		p.since = time.Now()
+		p.stalled.Set(1)
+		p.log.Warn("stage stalled: cannot make progress; retrying", "stage", p.stage, "error", err)
+		p.lastLogged[KindInfrastructure] = p.since
+		return
+	}
+	p.logLimited(KindInfrastructure, "stage still stalled", err)
+}
+
+// MessageFailed records that one message's handling failed (kind
+// KindMessage or KindPanic), logging it at most once per LogEvery.
+func (p *Progress) MessageFailed(kind string, err error, attrs ...any) {
+	p.failures.WithLabelValues(kind).Inc()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.logLimited(kind, "handling a message failed", err, attrs...)
+}
+
+// logLimited logs msg unless a failure of kind was logged less than
+// logEvery ago; it then counts the failure for the next line. p.mu is held.
+func (p *Progress) logLimited(kind, msg string, err error, attrs ...any) {
+	now := time.Now()
+	if now.Sub(p.lastLogged[kind]) < p.logEvery {
+		p.suppressed[kind]++
+		return
+	}
+	attrs = append(attrs, "stage", p.stage, "kind", kind, "error", err)
+	if n := p.suppressed[kind]; n > 0 {
+		attrs = append(attrs, "not_logged_since_last", n)
+	}
+	if !p.since.IsZero() {
+		attrs = append(attrs, "stalled_for", now.Sub(p.since).Round(time.Second).String())
+	}
+	p.log.Warn(msg, attrs...)
+	p.lastLogged[kind], p.suppressed[kind] = now, 0
+}
+
+// Check is a readiness check: it fails while the stage is stalled.
+func (p *Progress) Check(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.since.IsZero() {
+		return nil
+	}
+	return fmt.Errorf("stalled for %s: %w", time.Since(p.since).Round(time.Second), p.lastErr)
+}

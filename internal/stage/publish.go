@@ -1,0 +1,97 @@
+package stage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/incidentpipe/pipeline/internal/natsutil"
+)
+
+// PublishTimeout bounds the wait for one window of acknowledgements; the
+// JetStream context bounds each one too (natsutil.PublishTimeout).
+const PublishTimeout = natsutil.PublishTimeout
+
+// publishWindow is how many publishes are in flight at once.
+const publishWindow = 512
+
+// Published is the fate of one published message: its acknowledgement, or
+// why it is not stored.
+type Published struct {
+	Ack *jetstream.PubAck
+	Err error
+}
+
+// PublishAll publishes msgs asynchronously, at most publishWindow in flight,
+// and waits for each acknowledgement, every wait bounded by ctx and
+// PublishTimeout. The result has one entry per message, in order; err joins
+// the failures (nil when every message is stored). It stops sending at the
+// first refused window: the messages not sent carry err too.
+func PublishAll(ctx context.Context, js jetstream.JetStream, msgs []*nats.Msg) (res []Published, err error) {
+	res = make([]Published, len(msgs))
+	var errs []error
+	timer := time.NewTimer(PublishTimeout)
+	defer timer.Stop()
+	sent := 0
+	for sent < len(msgs) && len(errs) == 0 {
+		chunk := msgs[sent:min(sent+publishWindow, len(msgs))]
+		futures := make([]jetstream.PubAckFuture, 0, len(chunk))
+		for _, m := range chunk {
+			f, err := js.PublishMsgAsync(m)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("publishing to %s: %w", m.Subject, err))
+				res[sent+len(futures)].Err = errs[len(errs)-1]
+				break
+			}
+			futures = append(futures, f)
+		}
+		timer.Reset(PublishTimeout)
+		for i, f := range futures {
+			select {
+			case ack := <-f.Ok():
+				res[sent+i].Ack = ack
+			case err := <-f.Err():
+				res[sent+i].Err = fmt.Errorf("publishing to %s: %w", chunk[i].Subject, err)
+				errs = append(errs, res[sent+i].Err)
+			case <-timer.C:
+				errs = append(errs, fmt.Errorf("publishing to %s: no acknowledgement within %s", chunk[i].Subject, PublishTimeout))
+				return fill(res, errs), summary(errs)
+			case <-ctx.Done():
+				errs = append(errs, fmt.Errorf("publishing: %w", ctx.Err()))
+				return fill(res, errs), summary(errs)
+			}
+		}
+		sent += len(chunk)
+	}
+	if len(errs) == 0 {
+		return res, nil
+	}
+	return fill(res, errs), summary(errs)
+}
+
+// fill marks every message neither stored nor failed with the last error.
+func fill(res []Published, errs []error) []Published {
+	for i := range res {
+		if res[i].Ack == nil && res[i].Err == nil {
+			res[i].Err = errs[len(errs)-1]
+		}
+	}
+	return res
+}
+
+func summary(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return fmt.Errorf("%d publishes failed, the first: %w", len(errs), errs[0])
+}
+
+// OwnFault reports whether a publish failed for the message itself (too
+// large, a subject NATS refuses) rather than for the infrastructure.
+func OwnFault(err error) bool {
+	return errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject)
+}
