@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/telemetry"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
@@ -106,17 +107,32 @@ func New(o Options) (*API, error) {
 		r.With(metricsAuth).Method(http.MethodGet, "/metrics", o.Metrics)
 	}
 	r.Group(func(r chi.Router) {
-		r.Use(dataHeaders, protected)
+		r.Use(dataHeaders, protected, a.loaded)
 		r.Get("/incidents", a.all)
 		r.Get("/incidents/{employee_id}", a.employee)
 		r.Get("/unattributed", a.unattributedList)
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) { writeError(w, http.StatusNotFound, "not found") })
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		// Every route answers GET and HEAD only.
+		w.Header().Set("Allow", "GET, HEAD")
 		writeError(w, http.StatusMethodNotAllowed, "method not allowed")
 	})
 	a.handler = r
 	return a, nil
+}
+
+// loaded answers 503 with Retry-After until the view is loaded, so that no
+// client mistakes an empty view for "no incidents".
+func (a *API) loaded(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.store.loaded.Load() {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "the view is loading; retry shortly")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // Handler returns the HTTP handler.
@@ -140,7 +156,7 @@ func (a *API) ReloadTokens() {
 }
 
 func (a *API) all(w http.ResponseWriter, r *http.Request) {
-	f, used, err := parseFilter(r.URL.Query())
+	f, used, err := parseFilter(r.URL.RawQuery)
 	switch {
 	case err != nil:
 		writeError(w, http.StatusBadRequest, err.Error())
@@ -152,8 +168,10 @@ func (a *API) all(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) employee(w http.ResponseWriter, r *http.Request) {
-	b, ok := a.store.snap.Load().employees[chi.URLParam(r, "employee_id")]
-	if !ok {
+	// "0641" names employee 641, as it does in upstream data.
+	id, err := incident.ParseEmployeeID(chi.URLParam(r, "employee_id"))
+	b, ok := a.store.snap.Load().employees[id]
+	if err != nil || !ok {
 		writeError(w, http.StatusNotFound, "no incidents for this employee")
 		return
 	}
@@ -196,21 +214,35 @@ func etagMatches(header, etag string) bool {
 	return false
 }
 
-// acceptsGzip reports whether the client takes gzip: listed (or "*") with
-// a non-zero quality.
+// acceptsGzip reports whether the client takes gzip (RFC 9110 12.5.3): an
+// explicit gzip entry decides by its quality; otherwise "*" does.
 func acceptsGzip(r *http.Request) bool {
+	gzip, star := -1.0, -1.0
 	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
-		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
-		name = strings.TrimSpace(name)
-		if !strings.EqualFold(name, "gzip") && name != "*" {
+		name, params, _ := strings.Cut(part, ";")
+		name = strings.ToLower(strings.TrimSpace(name))
+		if name != "gzip" && name != "*" {
 			continue
 		}
-		if q, ok := strings.CutPrefix(strings.TrimSpace(params), "q="); ok {
-			if v, err := strconv.ParseFloat(q, 64); err == nil && v == 0 {
-				return false
+		q := 1.0
+		for _, p := range strings.Split(params, ";") {
+			k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
+			if ok && strings.EqualFold(strings.TrimSpace(k), "q") {
+				if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil && f >= 0 && f <= 1 {
+					q = f
+				} else {
+					q = 0 // an unreadable quality: do not guess
+				}
 			}
 		}
-		return true
+		if name == "gzip" {
+			gzip = max(gzip, q)
+		} else {
+			star = max(star, q)
+		}
 	}
-	return false
+	if gzip >= 0 {
+		return gzip > 0
+	}
+	return star > 0
 }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"fmt"
 	"compress/gzip"
 	"context"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/incidentpipe/pipeline/internal/testkit"
@@ -243,7 +245,16 @@ func TestFiltersAndPaging(t *testing.T) {
 	if resp.Header.Get("X-Next-Cursor") != "" {
 		t.Errorf("last page has a next cursor %q", resp.Header.Get("X-Next-Cursor"))
 	}
-	for _, bad := range []string{"priority=urgent", "type=phishing", "since=yesterday", "limit=0", "limit=100000", "cursor=abc", "colour=red"} {
+	// Cursors and employee ids are read as upstream data reads them: 0042 is 42.
+	if resp, b := do(t, http.MethodGet, hs.URL+"/incidents?limit=1&cursor=0042", ""); resp.StatusCode != 200 || string(b) != `{"100":`+docs["100"]+`}` {
+		t.Errorf("cursor=0042: %d %s", resp.StatusCode, b)
+	}
+	if resp, b := do(t, http.MethodGet, hs.URL+"/incidents/0042", ""); resp.StatusCode != 200 || string(b) != doc42 {
+		t.Errorf("/incidents/0042: %d %s", resp.StatusCode, b)
+	}
+	for _, bad := range []string{"priority=urgent", "type=phishing", "since=yesterday", "limit=0", "limit=100000", "cursor=abc", "colour=red",
+		"since=NaN", "until=Inf", "since=-Inf", "since=0x1p31", "until=1e999", "since=+5", "since=1&since=2",
+		"limit=1&limit=abc", "limit=+1", "cursor=7&cursor=42", "%zz", "since=1&%zz"} {
 		if resp, b := do(t, http.MethodGet, hs.URL+"/incidents?"+bad, ""); resp.StatusCode != 400 || !strings.Contains(string(b), "error") {
 			t.Errorf("?%s: %d %s, want 400", bad, resp.StatusCode, b)
 		}
@@ -296,5 +307,87 @@ func TestRebuildMarkerHoldsTheView(t *testing.T) {
 				t.Fatalf("after the rebuild: %s", got)
 			}
 		})
+	}
+}
+
+// TestMethodLabelsBounded: made-up methods, answered 405 or 401, never
+// become metric label values.
+func TestMethodLabelsBounded(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	dir := t.TempDir()
+	writeTokens(t, filepath.Join(dir, "tokens"), "reader")
+	hs, _, _ := serveAPI(t, Options{Registerer: reg, TokensFile: filepath.Join(dir, "tokens")})
+	for i := range 50 {
+		method := fmt.Sprintf("M%d%s", i, strings.Repeat("X", 1000))
+		do(t, method, hs.URL+"/incidents", "")
+		do(t, method, hs.URL+"/nowhere", "reader")
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if len(l.GetValue()) > 64 {
+					t.Fatalf("%s has a label %s of %d bytes", mf.GetName(), l.GetName(), len(l.GetValue()))
+				}
+				if l.GetName() == "method" && l.GetValue() != "other" && l.GetValue() != http.MethodGet {
+					t.Errorf("method label %q", l.GetValue())
+				}
+			}
+		}
+	}
+}
+
+// TestMethodNotAllowedSaysAllow: a 405 names the methods that are allowed.
+func TestMethodNotAllowedSaysAllow(t *testing.T) {
+	hs, _, _ := serveAPI(t, Options{})
+	resp, _ := do(t, http.MethodPost, hs.URL+"/incidents", "")
+	if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
+		t.Fatalf("POST: %d, Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
+	}
+}
+
+func TestAcceptsGzip(t *testing.T) {
+	for header, want := range map[string]bool{
+		"":                  false,
+		"gzip":              true,
+		"GZIP":              true,
+		"gzip;q=0":          false,
+		"gzip; Q=0.0":       false,
+		"gzip;q=0.5":        true,
+		"*":                 true,
+		"*;q=0":             false,
+		"*, gzip;q=0":       false,
+		"gzip;q=0, *":       false,
+		"br, *;q=0.1":       true,
+		"identity":          false,
+		"gzip;q=nonsense":   false,
+		"deflate, gzip;q=1": true,
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Header.Set("Accept-Encoding", header)
+		if got := acceptsGzip(r); got != want {
+			t.Errorf("Accept-Encoding %q: gzip %v, want %v", header, got, want)
+		}
+	}
+}
+
+// TestServiceUnavailableWhileLoading: before the view is loaded, data
+// routes answer 503 with Retry-After, never an empty view or a 404.
+func TestServiceUnavailableWhileLoading(t *testing.T) {
+	_, js := testkit.Connect(t, testkit.JetStream(t))
+	a, err := New(Options{JS: js})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(a.Handler()) // Run not called: never loaded
+	t.Cleanup(hs.Close)
+	for _, path := range []string{"/incidents", "/incidents/1", "/unattributed", "/incidents?limit=1"} {
+		resp, b := do(t, http.MethodGet, hs.URL+path, "")
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Errorf("%s before loading: %d %s (Retry-After %q), want 503", path, resp.StatusCode, b, resp.Header.Get("Retry-After"))
+		}
 	}
 }

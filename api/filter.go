@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,8 +33,12 @@ const maxLimit = 10000
 // parseFilter reads priority=, type= (each repeatable or comma-separated),
 // since=, until= (timestamps, inclusive), limit= and cursor=. It reports
 // false when the query has none of them.
-func parseFilter(q url.Values) (filter, bool, error) {
+func parseFilter(rawQuery string) (filter, bool, error) {
 	f := filter{priorities: [4]bool{true, true, true, true}}
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return f, true, errors.New("the query is not valid URL encoding")
+	}
 	used := false
 	for key, values := range q {
 		used = true
@@ -60,9 +66,9 @@ func parseFilter(q url.Values) (filter, bool, error) {
 				f.types[typ] = true
 			}
 		case "since", "until":
-			v, err := strconv.ParseFloat(values[0], 64)
-			if err != nil || len(values) > 1 {
-				return f, true, fmt.Errorf("%s: want one timestamp (seconds since the epoch)", key)
+			v, ok := parseTimestamp(values)
+			if !ok {
+				return f, true, fmt.Errorf("%s: want one timestamp, a decimal number of seconds since the epoch", key)
 			}
 			if key == "since" {
 				f.since = &v
@@ -71,17 +77,42 @@ func parseFilter(q url.Values) (filter, bool, error) {
 			}
 		case "limit":
 			n, err := strconv.Atoi(values[0])
-			if err != nil || n < 1 || n > maxLimit {
+			if err != nil || len(values) > 1 || !digits(values[0]) || n < 1 || n > maxLimit {
 				return f, true, fmt.Errorf("limit: want a number of employees from 1 to %d", maxLimit)
 			}
 			f.limit = n
 		case "cursor":
-			f.cursor = values[0]
+			c, err := incident.ParseEmployeeID(values[0])
+			if err != nil || len(values) > 1 {
+				return f, true, errNoCursor
+			}
+			f.cursor = c
 		default:
 			return f, true, fmt.Errorf("unknown query parameter %q", key)
 		}
 	}
 	return f, used, nil
+}
+
+// timestampSyntax is a JSON number: no NaN, Inf, hex or leading '+'.
+var timestampSyntax = regexp.MustCompile(`^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$`)
+
+// parseTimestamp reads the one value of since= or until=.
+func parseTimestamp(values []string) (float64, bool) {
+	if len(values) != 1 || len(values[0]) > 64 || !timestampSyntax.MatchString(values[0]) {
+		return 0, false
+	}
+	v, err := strconv.ParseFloat(values[0], 64)
+	return v, err == nil && !math.IsInf(v, 0)
+}
+
+func digits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 func (f filter) keeps(e view.Entry, t incident.Type) bool {
@@ -107,9 +138,6 @@ var errNoCursor = errors.New("cursor: not a cursor this API gave")
 func (f filter) render(snap *snapshot) ([]byte, string, error) {
 	keys := snap.keys
 	if f.cursor != "" {
-		if _, err := incident.ParseEmployeeID(f.cursor); err != nil {
-			return nil, "", errNoCursor
-		}
 		i, found := slices.BinarySearchFunc(keys, f.cursor, compareEmployeeIDs)
 		if found {
 			i++

@@ -45,7 +45,7 @@ var pipelineServices = map[string]string{
 	"enricher":  "./enricher/cmd/enricher",
 	"projector": "./projector/cmd/projector",
 	"api":       "./api/cmd/api",
-	"simulator": "./internal/cmd/simulator",
+	"simulator": "./deploy/simulator",
 }
 
 func TestComposeFile(t *testing.T) {

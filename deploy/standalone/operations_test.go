@@ -20,23 +20,11 @@ import (
 	"github.com/incidentpipe/pipeline/internal/testkit"
 )
 
-// natsCLI finds natscli (v0.5.0, as the README says) on PATH or in GOPATH/bin.
+// natsCLI builds natscli at the version deploy/go.mod pins as a tool (the
+// version the README's commands are written for).
 func natsCLI(t *testing.T) string {
 	t.Helper()
-	path, err := exec.LookPath("nats")
-	if err != nil {
-		out, _ := exec.Command("go", "env", "GOPATH").Output()
-		candidate := filepath.Join(strings.TrimSpace(string(out)), "bin", "nats")
-		if _, err := os.Stat(candidate); err != nil {
-			testkit.Require(t, "the nats CLI (go install github.com/nats-io/natscli/nats@v0.5.0)")
-		}
-		path = candidate
-	}
-	v, err := exec.Command(path, "--version").CombinedOutput()
-	if err != nil || strings.TrimSpace(string(v)) != "v0.5.0" {
-		t.Logf("nats CLI %s is %q; the README's commands are tested with v0.5.0", path, strings.TrimSpace(string(v)))
-	}
-	return path
+	return testkit.Build(t, "github.com/nats-io/natscli/nats")
 }
 
 // opsBlocks reads the README's operations blocks: <!-- ops:NAME --> followed

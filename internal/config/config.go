@@ -134,7 +134,7 @@ func settings() []setting {
 			return nil
 		}},
 		{"POLL_INTERVAL", "1m", "how often each incident type and the identities are polled", dur(func(c *Config) *time.Duration { return &c.PollInterval })},
-		{"API_ADDR", ":9000", "address of the HTTP API (and /metrics in standalone)", str(func(c *Config) *string { return &c.APIAddr })},
+		{"API_ADDR", "", "address of the HTTP API (and /metrics in standalone); default 127.0.0.1:9000, or :9000 with API_TOKENS_FILE", str(func(c *Config) *string { return &c.APIAddr })},
 		{"API_TOKENS_FILE", "", "file of allowed bearer tokens (sha256:<hex> lines); unset leaves the API open", str(func(c *Config) *string { return &c.APITokensFile })},
 		{"METRICS_AUTH", "false", "require the API tokens on /metrics too", func(c *Config, v string) error {
 			b, err := strconv.ParseBool(v)
@@ -180,8 +180,23 @@ func flagName(env string) string { return strings.ToLower(strings.ReplaceAll(env
 func Load(name string, args []string, getenv func(string) string) (Config, error) {
 	c := Config{Topology: topology.DefaultOptions()}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	values := map[string]*string{}
+	// Flags show their built-in defaults, never what the environment holds:
+	// usage goes to stderr, and the environment holds secrets.
+	flags := map[string]*string{}
 	for _, s := range settings() {
+		flags[s.env] = fs.String(flagName(s.env), s.def, s.help+" ($"+s.env+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	values := map[string]string{}
+	for _, s := range settings() {
+		if given[flagName(s.env)] {
+			values[s.env] = *flags[s.env]
+			continue
+		}
 		v := getenv(s.env)
 		if v == "" && hasFileVariant(s.env) {
 			if path := getenv(s.env + "_FILE"); path != "" {
@@ -195,15 +210,19 @@ func Load(name string, args []string, getenv func(string) string) (Config, error
 		if v == "" {
 			v = s.def
 		}
-		values[s.env] = fs.String(flagName(s.env), v, s.help+" ($"+s.env+")")
-	}
-	if err := fs.Parse(args); err != nil {
-		return Config{}, err
+		values[s.env] = v
 	}
 	c.Args = fs.Args()
 	for _, s := range settings() {
-		if err := s.set(&c, *values[s.env]); err != nil {
+		if err := s.set(&c, values[s.env]); err != nil {
 			return Config{}, fmt.Errorf("%s: %w", s.env, err)
+		}
+	}
+	if c.APIAddr == "" {
+		// Open to every interface only when a token is required.
+		c.APIAddr = "127.0.0.1:9000"
+		if c.APITokensFile != "" {
+			c.APIAddr = ":9000"
 		}
 	}
 	if (c.APITLSCert == "") != (c.APITLSKey == "") {

@@ -157,7 +157,7 @@ func viewJSON(t Type, fields []Field) []byte {
 
 // appendCompact appends a JSON value without insignificant white space.
 func appendCompact(dst, v []byte) []byte {
-	if bytes.IndexAny(v, " \t\n\r") < 0 {
+	if !bytes.ContainsAny(v, " \t\n\r") {
 		return append(dst, v...)
 	}
 	var buf bytes.Buffer

@@ -5,7 +5,11 @@ package testkit
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"os/exec"
+	"sync"
 	"os"
 	"path/filepath"
 	"testing"
@@ -58,29 +62,20 @@ func Connect(t testing.TB, s *server.Server) (*nats.Conn, jetstream.JetStream) {
 	return nc, js
 }
 
-// CaptureDir returns the shared upstream capture, ../shared/fixtures/
-// upstream-2021-08-25 beside the repository. Without it the test is skipped,
-// except under CI=true, where it fails: CI must never pass by skipping.
+// CaptureDir returns the repository's copy of a real capture of the
+// upstream API (testdata/upstream-2021-08-25) with the document it must
+// produce (expected-incidents.json).
 func CaptureDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
+	root, err := workspaceRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for {
-		candidate := filepath.Join(dir, "..", "shared", "fixtures", "upstream-2021-08-25")
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			if _, err := os.Stat(filepath.Join(candidate, "expected-incidents.json")); err != nil {
-				Require(t, "the shared upstream capture (../shared/fixtures/upstream-2021-08-25 beside the repository)")
-			}
-			return candidate
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.work not found above the test's directory")
-		}
-		dir = parent
+	dir := filepath.Join(root, "testdata", "upstream-2021-08-25")
+	if _, err := os.Stat(filepath.Join(dir, "expected-incidents.json")); err != nil {
+		t.Fatalf("the capture is missing from the repository: %v", err)
 	}
+	return dir
 }
 
 // Require skips the test for lack of what, or fails it under CI=true.
@@ -134,4 +129,55 @@ func StreamMsgs(t testing.TB, js jetstream.JetStream, stream string) uint64 {
 		t.Fatal(err)
 	}
 	return info.State.Msgs
+}
+
+// built holds the binaries Build made, by package, for this test process.
+var built sync.Map // package → func() (string, error)
+
+// Build compiles a package of the workspace, or a tool its modules require
+// (such as github.com/nats-io/natscli/nats), once per test process, and
+// returns the binary's path: tests need nothing installed beyond Go.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	f, _ := built.LoadOrStore(pkg, sync.OnceValues(func() (string, error) {
+		root, err := workspaceRoot()
+		if err != nil {
+			return "", err
+		}
+		dir, err := os.MkdirTemp("", "testkit-bin-")
+		if err != nil {
+			return "", err
+		}
+		bin := filepath.Join(dir, filepath.Base(pkg))
+		cmd := exec.Command("go", "build", "-o", bin, pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+		}
+		return bin, nil
+	}))
+	bin, err := f.(func() (string, error))()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// workspaceRoot is the directory of go.work above the working directory.
+func workspaceRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.work not found above the test's directory")
+		}
+		dir = parent
+	}
 }

@@ -68,15 +68,15 @@ func TestErrorsAreNeverPartialData(t *testing.T) {
 		handler http.HandlerFunc
 		want    error
 	}{
-		{"always 502", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", 502) }, nil},
+		{"always 502", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "bad gateway", http.StatusBadGateway) }, nil},
 		{"not json", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "<html>oops</html>") }, nil},
 		{"cut off", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Length", "1000")
 			fmt.Fprint(w, `{"results": [{"priority": "hi`)
 		}, nil},
 		{"no results", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, `{"detail":"x"}`) }, nil},
-		{"unauthorized", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 401) }, ErrUnauthorized},
-		{"forbidden", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", 403) }, ErrUnauthorized},
+		{"unauthorized", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusUnauthorized) }, ErrUnauthorized},
+		{"forbidden", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusForbidden) }, ErrUnauthorized},
 		{"too large", func(w http.ResponseWriter, r *http.Request) {
 			fmt.Fprint(w, `{"results":[`+strings.Repeat(`{"a":1},`, 500)+`{"a":1}]}`)
 		}, ErrTooLarge},
@@ -127,7 +127,7 @@ func TestRetriesAreBounded(t *testing.T) {
 	var calls atomic.Int32
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		calls.Add(1)
-		http.Error(w, "down", 503)
+		http.Error(w, "down", http.StatusServiceUnavailable)
 	}))
 	defer hs.Close()
 	c, _ := New(Options{BaseURL: hs.URL, Retry: RetryPolicy{MaxAttempts: 4, BaseDelay: time.Millisecond, MaxDelay: 2 * time.Millisecond}})
@@ -183,7 +183,7 @@ func TestCredentialsStayOnTheUpstreamHost(t *testing.T) {
 func TestUserInfoInURLBecomesCredentials(t *testing.T) {
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if u, p, ok := r.BasicAuth(); !ok || u != "u" || p != "p" {
-			http.Error(w, "no", 401)
+			http.Error(w, "no", http.StatusUnauthorized)
 			return
 		}
 		fmt.Fprint(w, `{}`)
