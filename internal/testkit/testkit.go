@@ -8,10 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os/exec"
-	"sync"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
