@@ -26,7 +26,9 @@ import (
 
 // Upstream is what the producers need of the upstream API.
 type Upstream interface {
-	Incidents(ctx context.Context, t incident.Type) ([]json.RawMessage, error)
+	// IncidentPages hands fn each complete page of type t's incidents, from
+	// start ("" for the first page), and returns where the next poll starts.
+	IncidentPages(ctx context.Context, t incident.Type, start string, fn func(upstream.Page) error) (resume string, err error)
 	Identities(ctx context.Context) (map[string]json.RawMessage, error)
 }
 
@@ -52,8 +54,9 @@ type Producers struct {
 	metrics  *metrics
 	progress *stage.Progress
 
-	mu   sync.Mutex
-	seen map[incident.Type]*seenSet // what is known to be in INCIDENTS_RAW
+	mu     sync.Mutex
+	seen   map[incident.Type]*seenSet // what is known to be in INCIDENTS_RAW
+	resume map[incident.Type]string   // where a type's next poll starts ("" the first page)
 }
 
 // New returns producers for o.
@@ -82,6 +85,7 @@ func New(o Options) (*Producers, error) {
 		metrics:  newMetrics(o.Registerer, o.Types),
 		progress: stage.NewProgress(topology.StageProducers, o.Registerer, o.Logger),
 		seen:     map[incident.Type]*seenSet{},
+		resume:   map[incident.Type]string{},
 	}, nil
 }
 
@@ -185,44 +189,57 @@ func (p *Producers) loadSeen(ctx context.Context) error {
 
 // PollResult says what one poll did.
 type PollResult struct {
-	Fetched   int // incidents the upstream returned
+	Pages     int // complete pages read
+	Fetched   int // incidents the upstream returned on them
 	Published int // newly stored in INCIDENTS_RAW
 }
 
-// Poll fetches every incident of type t and publishes those not yet in
-// INCIDENTS_RAW. A failed fetch publishes nothing.
+// Poll reads the incidents of type t page by page and publishes, as soon as
+// a page is read in full, those not yet in INCIDENTS_RAW: a poll that fails
+// half-way keeps what it read (everything is de-duplicated by id), and a
+// page that fails or is cut off publishes nothing. A poll stopped by a
+// failure or by its limits is resumed from that page by the next one, so a
+// long paged upstream fills however often it fails.
 func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, error) {
 	start := time.Now()
-	items, err := p.up.Incidents(ctx, t)
-	if err != nil {
-		p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "error").Inc()
-		return PollResult{}, err
-	}
-	res := PollResult{Fetched: len(items)}
 	p.mu.Lock()
 	seen := p.seen[t]
 	if seen == nil {
 		seen = newSeenSet()
 		p.seen[t] = seen
 	}
+	from := p.resume[t]
 	p.mu.Unlock()
-	fresh := seen.fresh(t, items)
-	stored, err := publishRaw(ctx, p.js, t, fresh)
-	for _, r := range stored {
-		seen.add(r)
-		if r.new {
-			res.Published++
+	var res PollResult
+	resume, err := p.up.IncidentPages(ctx, t, from, func(page upstream.Page) error {
+		res.Pages++
+		res.Fetched += len(page.Items)
+		stored, err := publishRaw(ctx, p.js, t, seen.fresh(t, page.Items))
+		n := 0
+		for _, r := range stored {
+			seen.add(r)
+			if r.new {
+				n++
+			}
 		}
-	}
-	p.metrics.published.WithLabelValues(string(t)).Add(float64(res.Published))
+		res.Published += n
+		p.metrics.published.WithLabelValues(string(t)).Add(float64(n))
+		if err != nil {
+			p.progress.Stalled(err)
+			return fmt.Errorf("%w: %s incidents: %w", errPublishing, t, err)
+		}
+		p.progress.OK()
+		return nil
+	})
+	p.mu.Lock()
+	p.resume[t] = resume
+	p.mu.Unlock()
 	if err != nil {
 		p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "error").Inc()
-		p.progress.Stalled(err)
-		return res, fmt.Errorf("%w: %s incidents: %w", errPublishing, t, err)
+		return res, err
 	}
-	p.progress.OK()
 	p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "ok").Inc()
 	p.metrics.lastSuccess.WithLabelValues(upstream.Endpoint(t)).SetToCurrentTime()
-	p.log.Info("polled", "type", t, "count", res.Fetched, "new", res.Published, "duration", time.Since(start).Round(time.Millisecond).String())
+	p.log.Info("polled", "type", t, "pages", res.Pages, "count", res.Fetched, "new", res.Published, "duration", time.Since(start).Round(time.Millisecond).String())
 	return res, nil
 }

@@ -158,14 +158,16 @@ func UpstreamClient(cfg config.Config, url string, reg prometheus.Registerer, lo
 		}
 	}
 	return upstream.New(upstream.Options{
-		RootCAs:  roots,
-		BaseURL:  url,
-		User:     cfg.UpstreamUser,
-		Password: cfg.UpstreamPassword.Reveal(),
-		Timeout:  cfg.UpstreamTimeout,
-		MaxBody:  cfg.UpstreamMaxBody,
-		Metrics:  upstream.NewMetrics(reg),
-		Logger:   log.With("stage", topology.StageProducers),
+		RootCAs:     roots,
+		BaseURL:     url,
+		User:        cfg.UpstreamUser,
+		Password:    cfg.UpstreamPassword.Reveal(),
+		Timeout:     cfg.UpstreamTimeout,
+		MaxBody:     cfg.UpstreamMaxBody,
+		Limits:      upstream.Limits{MaxPages: cfg.PollMaxPages, MaxBytes: cfg.PollMaxBytes, MaxTime: cfg.PollMaxTime},
+		MaxInFlight: cfg.UpstreamMaxInFlight,
+		Metrics:     upstream.NewMetrics(reg),
+		Logger:      log.With("stage", topology.StageProducers),
 	})
 }
 

@@ -49,7 +49,13 @@ type Config struct {
 	UpstreamPassword Secret
 	UpstreamTimeout  time.Duration
 	UpstreamMaxBody  int64
-	PollInterval     time.Duration
+	// UpstreamMaxInFlight bounds the response bytes all polls hold at once.
+	UpstreamMaxInFlight int64
+	PollInterval        time.Duration
+	// PollMaxPages, PollMaxBytes and PollMaxTime bound one poll of a type.
+	PollMaxPages int
+	PollMaxBytes int64
+	PollMaxTime  time.Duration
 
 	UpstreamCAFile string // PEM roots for the upstream's certificate, instead of the system's
 
@@ -133,6 +139,31 @@ func settings() []setting {
 			c.UpstreamMaxBody = n
 			return nil
 		}},
+		{"UPSTREAM_MAX_IN_FLIGHT", "268435456", "response bytes all upstream requests may hold at once (at least UPSTREAM_MAX_BODY)", func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 1<<20 {
+				return errors.New("must be a number of bytes, at least 1048576")
+			}
+			c.UpstreamMaxInFlight = n
+			return nil
+		}},
+		{"POLL_MAX_PAGES", "10000", "pages one poll of a type reads at most; the next poll goes on from there", func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return errors.New("must be a whole number of pages, at least 1")
+			}
+			c.PollMaxPages = n
+			return nil
+		}},
+		{"POLL_MAX_BYTES", "1073741824", "response bytes one poll of a type reads at most; the next poll goes on from there", func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 1024 {
+				return errors.New("must be a number of bytes, at least 1024")
+			}
+			c.PollMaxBytes = n
+			return nil
+		}},
+		{"POLL_MAX_TIME", "10m", "how long one poll of a type reads pages at most; the next poll goes on from there", dur(func(c *Config) *time.Duration { return &c.PollMaxTime })},
 		{"POLL_INTERVAL", "1m", "how often each incident type and the identities are polled", dur(func(c *Config) *time.Duration { return &c.PollInterval })},
 		{"API_ADDR", "", "address of the HTTP API (and /metrics in standalone); default 127.0.0.1:9000, or :9000 with API_TOKENS_FILE", str(func(c *Config) *string { return &c.APIAddr })},
 		{"API_TOKENS_FILE", "", "file of allowed bearer tokens (sha256:<hex> lines); unset leaves the API open", str(func(c *Config) *string { return &c.APITokensFile })},

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"unicode/utf8"
 )
 
 // Reason is why an incident is invalid: a short, stable token used as the DLQ
@@ -24,12 +25,16 @@ const (
 	ReasonInvalidIdentity  Reason = "invalid_identity"
 	ReasonUnknownType      Reason = "unknown_type"
 	ReasonInvalidEnvelope  Reason = "invalid_envelope"
+	ReasonInvalidUTF8      Reason = "invalid_utf8"
+	ReasonTooDeep          Reason = "too_deep"
+	ReasonDuplicateKey     Reason = "duplicate_key"
 )
 
 // Reasons returns every Reason, for metrics to start at zero.
 func Reasons() []Reason {
 	return []Reason{ReasonInvalidJSON, ReasonNotObject, ReasonUnknownPriority, ReasonMissingTimestamp,
-		ReasonInvalidTimestamp, ReasonMissingIdentity, ReasonInvalidIdentity, ReasonUnknownType, ReasonInvalidEnvelope}
+		ReasonInvalidTimestamp, ReasonMissingIdentity, ReasonInvalidIdentity, ReasonUnknownType, ReasonInvalidEnvelope,
+		ReasonInvalidUTF8, ReasonTooDeep, ReasonDuplicateKey}
 }
 
 // InvalidError is returned for an incident that cannot be processed.
@@ -122,14 +127,62 @@ func Decode(t Type, raw []byte) (Incident, error) {
 	return in, nil
 }
 
+// MaxDepth is the deepest nesting of objects and arrays an incident may
+// have; an incident nested deeper is refused (too_deep).
+const MaxDepth = 32
+
 // objectFields splits a JSON object into its top-level members, dropping any
 // upstream "type" member: the view's "type" is always the incident type.
+// An incident must be valid UTF-8 (the view is served as UTF-8 JSON, and
+// replacing bad bytes would merge incidents that differ only in them), at
+// most MaxDepth deep, valid JSON, and name each member once (which of two
+// values is meant cannot be known).
 func objectFields(raw []byte) ([]Field, error) {
 	raw = bytes.TrimSpace(raw)
+	if !utf8.Valid(raw) {
+		return nil, invalid(ReasonInvalidUTF8, "incident is not valid UTF-8")
+	}
+	if d := depth(raw); d > MaxDepth {
+		return nil, invalid(ReasonTooDeep, "incident nests deeper than %d levels", MaxDepth)
+	}
 	if !json.Valid(raw) {
 		return nil, invalid(ReasonInvalidJSON, "incident is not valid JSON")
 	}
-	return scanObject(raw, false)
+	fields, err := scanObject(raw, true)
+	if err != nil {
+		return nil, err
+	}
+	seen := make(map[string]bool, len(fields))
+	kept := fields[:0]
+	for _, f := range fields {
+		if seen[f.Key] {
+			return nil, invalid(ReasonDuplicateKey, "member %s appears twice", truncate(strconv.Quote(f.Key)))
+		}
+		seen[f.Key] = true
+		if f.Key != "type" {
+			kept = append(kept, f)
+		}
+	}
+	return kept, nil
+}
+
+// depth returns how deep objects and arrays nest in b, strings skipped,
+// stopping once past MaxDepth.
+func depth(b []byte) int {
+	d, deepest := 0, 0
+	for i := 0; i < len(b) && deepest <= MaxDepth; i++ {
+		switch b[i] {
+		case '"':
+			end, _ := closeString(b, i)
+			i = end - 1
+		case '{', '[':
+			d++
+			deepest = max(deepest, d)
+		case '}', ']':
+			d--
+		}
+	}
+	return deepest
 }
 
 // ViewJSON returns the incident as the view shows it: "type" first, then the
@@ -215,38 +268,4 @@ func (a Timestamp) Compare(b Timestamp) int {
 		return 1
 	}
 	return 0
-}
-
-// DecodeResults splits a {"results": [...]} page into its raw incidents,
-// each kept as the exact bytes received (slices of body), plus the page's
-// "next" link. It scans rather than reflects: every poll decodes every
-// incident of a type.
-func DecodeResults(body []byte) (items []json.RawMessage, next string, err error) {
-	members, err := ObjectMembers(body)
-	if err != nil {
-		return nil, "", fmt.Errorf("decoding incidents page: %w", err)
-	}
-	found := false
-	for _, m := range members {
-		switch m.Key {
-		case "results":
-			if items, err = ArrayElements(m.Value); err != nil {
-				return nil, "", fmt.Errorf(`decoding incidents page: "results" is not an array`)
-			}
-			found = true
-		case "next":
-			if string(m.Value) != "null" {
-				if err := json.Unmarshal(m.Value, &next); err != nil {
-					return nil, "", fmt.Errorf(`decoding incidents page: "next" is not a string`)
-				}
-			}
-		}
-	}
-	if !found {
-		return nil, "", errors.New(`decoding incidents page: no "results" array`)
-	}
-	if items == nil {
-		items = []json.RawMessage{}
-	}
-	return items, next, nil
 }

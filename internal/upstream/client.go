@@ -1,6 +1,7 @@
 // Package upstream is the client of the upstream incident API: basic auth,
-// Django-REST paging, per-request timeouts, retries with backoff, and a cap
-// on response size. A call returns all the data or an error, never part.
+// Django-REST paging page by page, per-request timeouts, retries with
+// backoff, and caps on a response's size, on the bytes all requests hold
+// together, and on one poll's pages, bytes and time.
 package upstream
 
 import (
@@ -15,6 +16,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
 )
@@ -32,6 +35,12 @@ type Options struct {
 	MaxBody int64
 	// Retry bounds the attempts of one request.
 	Retry RetryPolicy
+	// Limits bound one poll of one type.
+	Limits Limits
+	// MaxInFlight bounds the response bytes held by all requests of the
+	// client together (default 256 MiB): a request that would pass it
+	// fails, to be retried, rather than grow memory.
+	MaxInFlight int64
 	// RootCAs, when set, replaces the system roots for verifying the upstream.
 	RootCAs *x509.CertPool
 	// Metrics, when set, counts requests.
@@ -46,6 +55,8 @@ type Client struct {
 	password string
 	maxBody  int64
 	retry    RetryPolicy
+	limits   Limits
+	inFlight *semaphore.Weighted
 	http     *http.Client
 	metrics  *Metrics
 	log      *slog.Logger
@@ -72,6 +83,9 @@ func New(o Options) (*Client, error) {
 	if o.MaxBody <= 0 {
 		o.MaxBody = 64 << 20
 	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 256 << 20
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -83,6 +97,8 @@ func New(o Options) (*Client, error) {
 		password: o.Password,
 		maxBody:  o.MaxBody,
 		retry:    o.Retry.withDefaults(),
+		limits:   o.Limits.withDefaults(),
+		inFlight: semaphore.NewWeighted(max(o.MaxInFlight, o.MaxBody)),
 		metrics:  o.Metrics,
 		log:      o.Logger,
 	}
@@ -115,41 +131,112 @@ func Endpoint(t incident.Type) string { return "incidents/" + string(t) }
 // EndpointIdentities is the identities resource in logs and metrics.
 const EndpointIdentities = "identities"
 
-// Incidents returns every incident of type t, following "next" links, each
-// as the exact bytes received.
-func (c *Client) Incidents(ctx context.Context, t incident.Type) ([]json.RawMessage, error) {
+// Page is one complete page of incidents.
+type Page struct {
+	// Number counts the pages of this poll from 1.
+	Number int
+	// Items are the page's incidents, each the exact bytes received; an
+	// item that is not valid JSON is kept as it came, to be refused alone.
+	Items []json.RawMessage
+}
+
+// Limits bound one poll of one type: however the upstream pages, a poll
+// stops after this many pages, bytes or this long (zero: the default).
+type Limits struct {
+	MaxPages int           // default 10,000
+	MaxBytes int64         // default 1 GiB
+	MaxTime  time.Duration // default 10m
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxPages <= 0 {
+		l.MaxPages = 10_000
+	}
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = 1 << 30
+	}
+	if l.MaxTime <= 0 {
+		l.MaxTime = 10 * time.Minute
+	}
+	return l
+}
+
+// ErrLimit is returned when a poll reaches one of its Limits.
+var ErrLimit = errors.New("poll limit reached")
+
+// IncidentPages reads the incidents of type t page by page, following
+// "next" links, from start (a page URL a previous call returned; "" for
+// the first page), and calls fn with each page as soon as it is read in
+// full, so that a long or failing chain still makes progress. It returns
+// where the next call should start: "" once the last page was read, else
+// the first page not handed to fn (the one that failed, or the one past a
+// limit). A page that fails or is cut off is never handed to fn.
+func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start string, fn func(Page) error) (resume string, err error) {
 	endpoint := Endpoint(t)
-	next := c.base.JoinPath("incidents", string(t)).String() + "/"
-	var all []json.RawMessage
+	first := c.base.JoinPath("incidents", string(t)).String() + "/"
+	next := first
+	if start != "" {
+		next = start
+	}
+	began := time.Now()
+	var read int64
 	seen := map[string]bool{}
-	for next != "" {
+	for page := 1; next != ""; page++ {
 		if seen[next] {
-			return nil, fmt.Errorf("fetching %s: paging loops back to an earlier page", endpoint)
+			return "", fmt.Errorf("fetching %s: paging loops back to an earlier page", endpoint)
 		}
 		seen[next] = true
+		switch {
+		case page > c.limits.MaxPages:
+			return next, fmt.Errorf("fetching %s: %w: %d pages in one poll; the next poll goes on from here", endpoint, ErrLimit, c.limits.MaxPages)
+		case read > c.limits.MaxBytes:
+			return next, fmt.Errorf("fetching %s: %w: %d bytes in one poll; the next poll goes on from here", endpoint, ErrLimit, c.limits.MaxBytes)
+		case time.Since(began) > c.limits.MaxTime:
+			return next, fmt.Errorf("fetching %s: %w: polling for %s; the next poll goes on from here", endpoint, ErrLimit, c.limits.MaxTime)
+		}
 		u, err := url.Parse(next)
 		if err != nil || !sameOrigin(u, c.base) {
-			return nil, fmt.Errorf("fetching %s: next page link leaves the upstream host", endpoint)
+			return "", fmt.Errorf("fetching %s: next page link leaves the upstream host", endpoint)
 		}
 		var items []json.RawMessage
 		var link string
 		err = c.do(ctx, endpoint, u.String(), func(body []byte) error {
 			var err error
 			items, link, err = incident.DecodeResults(body)
-			return err
+			if err != nil {
+				return err
+			}
+			read += int64(len(body))
+			if err := fn(Page{Number: page, Items: items}); err != nil {
+				return fmt.Errorf("%w: %w", errHandler, err)
+			}
+			return nil
 		})
 		if err != nil {
-			return nil, fmt.Errorf("fetching %s (page %d): %w", endpoint, len(seen), err)
+			return next, fmt.Errorf("fetching %s (page %d): %w", endpoint, page, err)
 		}
-		all = append(all, items...)
 		next = ""
 		if link != "" {
 			ref, err := url.Parse(link)
 			if err != nil {
-				return nil, fmt.Errorf("fetching %s: bad next link: %w", endpoint, err)
+				return "", fmt.Errorf("fetching %s: bad next link: %w", endpoint, err)
 			}
 			next = u.ResolveReference(ref).String()
 		}
+	}
+	return "", nil
+}
+
+// Incidents returns every incident of type t (at most Limits' worth),
+// following "next" links: all of them, or an error.
+func (c *Client) Incidents(ctx context.Context, t incident.Type) ([]json.RawMessage, error) {
+	var all []json.RawMessage
+	_, err := c.IncidentPages(ctx, t, "", func(p Page) error {
+		all = append(all, p.Items...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return all, nil
 }

@@ -130,19 +130,55 @@ func (c *Client) once(ctx context.Context, endpoint, url string, decode func([]b
 	if resp.ContentLength > c.maxBody {
 		return permanent{ErrTooLarge}
 	}
-	var buf bytes.Buffer
-	n, err := io.Copy(&buf, io.LimitReader(resp.Body, c.maxBody+1))
+	body, release, err := c.read(resp.Body)
+	defer release()
 	if err != nil {
-		return fmt.Errorf("reading body: %w", err)
+		return err
 	}
-	if n > c.maxBody {
-		return permanent{ErrTooLarge}
-	}
-	if err := decode(buf.Bytes()); err != nil {
+	if err := decode(body); err != nil {
+		if errors.Is(err, errHandler) {
+			return permanent{err}
+		}
 		return &decodeError{err}
 	}
 	return nil
 }
+
+// readChunk is the unit in which a body's bytes are counted against the
+// client's in-flight budget.
+const readChunk = 1 << 20
+
+// ErrBusy is returned when the bodies being read already hold the client's
+// in-flight byte budget; the request is retried later.
+var ErrBusy = errors.New("upstream responses in flight hold UPSTREAM_MAX_IN_FLIGHT bytes")
+
+// read reads a body of at most maxBody bytes, counting it against the
+// in-flight budget until release is called.
+func (c *Client) read(r io.Reader) (body []byte, release func(), err error) {
+	var held int64
+	release = func() { c.inFlight.Release(held) }
+	var buf bytes.Buffer
+	for {
+		if !c.inFlight.TryAcquire(readChunk) {
+			return nil, release, ErrBusy
+		}
+		held += readChunk
+		_, err := io.CopyN(&buf, r, readChunk)
+		if int64(buf.Len()) > c.maxBody {
+			return nil, release, permanent{ErrTooLarge}
+		}
+		if errors.Is(err, io.EOF) {
+			return buf.Bytes(), release, nil
+		}
+		if err != nil {
+			return nil, release, fmt.Errorf("reading body: %w", err)
+		}
+	}
+}
+
+// errHandler marks an error of the caller's page handler: it ends the
+// poll without a retry of the page.
+var errHandler = errors.New("handling the page")
 
 // decodeError is a body that arrived but does not decode.
 type decodeError struct{ err error }

@@ -1,0 +1,168 @@
+package producers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/testkit"
+	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/upstream"
+)
+
+// pagedUpstream serves misuse incidents in pages of 10, page n at
+// ?page=n, with a "next" link on each page but the last (pages 0: endless).
+// fail reports whether a request for a page fails with 502.
+type pagedUpstream struct {
+	pages int
+	fail  func(page, attempt int) bool
+
+	mu       sync.Mutex
+	requests map[int]int
+}
+
+func (u *pagedUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	page := 1
+	if p := r.URL.Query().Get("page"); p != "" {
+		page, _ = strconv.Atoi(p)
+	}
+	u.mu.Lock()
+	u.requests[page]++
+	attempt := u.requests[page]
+	u.mu.Unlock()
+	if u.fail != nil && u.fail(page, attempt) {
+		http.Error(w, "bad gateway", http.StatusBadGateway)
+		return
+	}
+	var items []string
+	for i := range 10 {
+		n := (page-1)*10 + i
+		items = append(items, fmt.Sprintf(`{"priority":"low","employee_id":%d,"timestamp":%d}`, n, n))
+	}
+	next := "null"
+	if u.pages == 0 || page < u.pages {
+		next = fmt.Sprintf(`"http://%s/incidents/misuse/?page=%d"`, r.Host, page+1)
+	}
+	fmt.Fprintf(w, `{"next":%s,"results":[%s]}`, next, strings.Join(items, ","))
+}
+
+func (u *pagedUpstream) count(page int) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.requests[page]
+}
+
+func pagedSetup(t *testing.T, u *pagedUpstream, limits upstream.Limits) (*Producers, func() uint64) {
+	t.Helper()
+	u.requests = map[int]int{}
+	hs := httptest.NewServer(u)
+	t.Cleanup(hs.Close)
+	c, err := upstream.New(upstream.Options{BaseURL: hs.URL, Limits: limits,
+		Retry: upstream.RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, js := testkit.Connect(t, testkit.JetStream(t))
+	p, err := New(Options{Upstream: c, JS: js, Types: []incident.Type{incident.Misuse}, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, func() uint64 { return testkit.StreamMsgs(t, js, topology.StreamRaw) }
+}
+
+// TestFailingPageKeepsWhatWasRead: a poll that fails at page 5 has
+// published pages 1 to 4, and the next poll resumes at page 5.
+func TestFailingPageKeepsWhatWasRead(t *testing.T) {
+	u := &pagedUpstream{pages: 8, fail: func(page, attempt int) bool { return page == 5 && attempt <= 2 }}
+	p, stored := pagedSetup(t, u, upstream.Limits{})
+	ctx := context.Background()
+	res, err := p.Poll(ctx, incident.Misuse)
+	if err == nil {
+		t.Fatal("poll with a failing page succeeded")
+	}
+	if res.Published != 40 || stored() != 40 {
+		t.Fatalf("published %d (stream holds %d) before the failing page, want 40", res.Published, stored())
+	}
+	if _, err := p.Poll(ctx, incident.Misuse); err != nil {
+		t.Fatal(err)
+	}
+	if stored() != 80 {
+		t.Fatalf("stream holds %d after the resumed poll, want 80", stored())
+	}
+	if n := u.count(1); n != 1 {
+		t.Errorf("page 1 requested %d times; the second poll must resume at page 5", n)
+	}
+	// A complete poll starts over at page 1 next time.
+	if _, err := p.Poll(ctx, incident.Misuse); err != nil {
+		t.Fatal(err)
+	}
+	if n := u.count(1); n != 2 {
+		t.Errorf("page 1 requested %d times after a complete poll, want 2", n)
+	}
+}
+
+// TestEndlessPagingIsBounded: a "next" chain that never ends stops at the
+// poll's page limit with a clear error, keeps what it published, and the
+// next poll goes on past it.
+func TestEndlessPagingIsBounded(t *testing.T) {
+	u := &pagedUpstream{pages: 0}
+	p, stored := pagedSetup(t, u, upstream.Limits{MaxPages: 5})
+	ctx := context.Background()
+	_, err := p.Poll(ctx, incident.Misuse)
+	if !errors.Is(err, upstream.ErrLimit) {
+		t.Fatalf("endless paging: %v, want ErrLimit", err)
+	}
+	if stored() != 50 {
+		t.Fatalf("stream holds %d, want the 50 incidents of 5 pages", stored())
+	}
+	if _, err := p.Poll(ctx, incident.Misuse); !errors.Is(err, upstream.ErrLimit) {
+		t.Fatalf("second poll: %v", err)
+	}
+	if stored() != 100 || u.count(1) != 1 || u.count(10) != 1 {
+		t.Fatalf("second poll: stream %d, page 1 requested %d times, page 10 %d times; want 100, 1, 1", stored(), u.count(1), u.count(10))
+	}
+}
+
+// TestBadElementsCutOut: elements a parser refuses (NaN, too deep, stray
+// bytes, invalid UTF-8) do not stop their page; each is published once as
+// received (the enricher dead-letters it), never again on later polls.
+func TestBadElementsCutOut(t *testing.T) {
+	deep := strings.Repeat(`{"a":`, 100_000) + "1" + strings.Repeat("}", 100_000)
+	page := `{"next":null,"results":[` +
+		`{"priority":"low","employee_id":1,"timestamp":1},` +
+		`{"priority":"low","employee_id":2,"timestamp":NaN},` +
+		deep + `,` +
+		`{"priority":"low","employee_id":3,"timestamp":3} garbage,` +
+		"{\"priority\":\"low\",\"employee_id\":4,\"timestamp\":4,\"note\":\"\xff\xfe\"}," +
+		"{\"priority\":\"low\",\"employee_id\":4,\"timestamp\":4,\"note\":\"\xfe\xfd\"}," +
+		`{"priority":"high","employee_id":5,"timestamp":5}]}`
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(page)) }))
+	t.Cleanup(hs.Close)
+	c, err := upstream.New(upstream.Options{BaseURL: hs.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, js := testkit.Connect(t, testkit.JetStream(t))
+	p, err := New(Options{Upstream: c, JS: js, Types: []incident.Type{incident.Misuse}, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := p.Poll(context.Background(), incident.Misuse); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 7 {
+		t.Fatalf("stream holds %d, want all 7 elements once each (two differ only in invalid bytes)", n)
+	}
+}
