@@ -3,6 +3,7 @@ package enricher
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
@@ -24,6 +25,10 @@ func TestAttribute(t *testing.T) {
 		{"incidents.raw.denial", `{"priority":"low","reported_by":9,"source_ip":"10.0.0.1","timestamp":1}`, "9", "", ""},
 		{"incidents.raw.phishing", `{}`, "", "", incident.ReasonUnknownType},
 		{"incidents.raw.misuse", `{"priority":"low"}`, "", "", incident.ReasonMissingTimestamp},
+		{"incidents.raw.misuse", `{"priority":"low","employee_id":5,"timestamp":NaN}`, "", "", incident.ReasonInvalidJSON},
+		{"incidents.raw.misuse", "{\"priority\":\"low\",\"employee_id\":5,\"timestamp\":1,\"x\":\"\xff\"}", "", "", incident.ReasonInvalidUTF8},
+		{"incidents.raw.misuse", `{"priority":"low","employee_id":5,"timestamp":1,"x":` + strings.Repeat("[", 40) + strings.Repeat("]", 40) + `}`, "", "", incident.ReasonTooDeep},
+		{"incidents.raw.misuse", `{"priority":"low","priority":"high","employee_id":5,"timestamp":1}`, "", "", incident.ReasonDuplicateKey},
 	}
 	for _, tt := range tests {
 		env, _, err := attribute(tt.subject, []byte(tt.data), ids)

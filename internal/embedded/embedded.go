@@ -21,6 +21,8 @@ type Options struct {
 	StoreDir string
 	// ServerName names the server (default "incidents").
 	ServerName string
+	// MaxStore caps JetStream's file storage in bytes (0: the disk's).
+	MaxStore int64
 }
 
 // MaxPayload is the largest message the embedded server accepts: room for
@@ -42,14 +44,15 @@ func Start(o Options) (*server.Server, error) {
 		o.ServerName = "incidents"
 	}
 	opts := &server.Options{
-		ServerName: o.ServerName,
-		Host:       host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   o.StoreDir,
-		MaxPayload: MaxPayload,
-		NoSigs:     true,
-		NoLog:      true,
+		ServerName:        o.ServerName,
+		Host:              host,
+		Port:              port,
+		JetStream:         true,
+		StoreDir:          o.StoreDir,
+		MaxPayload:        MaxPayload,
+		JetStreamMaxStore: o.MaxStore,
+		NoSigs:            true,
+		NoLog:             true,
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

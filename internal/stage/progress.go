@@ -122,6 +122,9 @@ func (p *Progress) logLimited(kind, msg string, err error, attrs ...any) {
 	p.lastLogged[kind], p.suppressed[kind] = now, 0
 }
 
+// StalledGauge is the incidents_stage_stalled gauge, for tests.
+func (p *Progress) StalledGauge() prometheus.Gauge { return p.stalled }
+
 // Check is a readiness check: it fails while the stage is stalled.
 func (p *Progress) Check(context.Context) error {
 	p.mu.Lock()

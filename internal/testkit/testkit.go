@@ -35,7 +35,20 @@ func JetStream(t testing.TB) *server.Server {
 // restart a server on the same data.
 func JetStreamAt(t testing.TB, dir string) *server.Server {
 	t.Helper()
-	s, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:-1", StoreDir: dir})
+	return JetStreamWith(t, embedded.Options{StoreDir: dir})
+}
+
+// JetStreamWith starts an embedded server with o, on a free loopback port
+// and a temporary directory unless o names them.
+func JetStreamWith(t testing.TB, o embedded.Options) *server.Server {
+	t.Helper()
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:-1"
+	}
+	if o.StoreDir == "" {
+		o.StoreDir = t.TempDir()
+	}
+	s, err := embedded.Start(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,5 +192,31 @@ func workspaceRoot() (string, error) {
 			return "", errors.New("go.work not found above the test's directory")
 		}
 		dir = parent
+	}
+}
+
+// FillStore fills the server's JetStream storage (capped by
+// embedded.Options.MaxStore) with a stream of its own until it refuses
+// more, as a full disk would, and returns a function that frees it again.
+func FillStore(t testing.TB, js jetstream.JetStream) (free func()) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "FILLER", Subjects: []string{"filler"}, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{1 << 20, 64 << 10, 4 << 10, 256} {
+		data := make([]byte, size)
+		for range 100_000 {
+			if _, err := js.Publish(ctx, "filler", data); err != nil {
+				break
+			}
+		}
+	}
+	return func() {
+		if err := s.Purge(context.Background()); err != nil {
+			t.Errorf("freeing the store: %v", err)
+		}
 	}
 }
