@@ -80,7 +80,9 @@ func TestFullStoreStallsVisiblyAndResumes(t *testing.T) {
 		return p.Ready(ctx) != nil && stalled() == 1, "producers not reported stalled with the store full"
 	})
 	// Several more failing polls: still one line for the one stall.
-	polls := func() float64 { return testutil.ToFloat64(p.metrics.polls.WithLabelValues(upstream.Endpoint(incident.Misuse), "error")) }
+	polls := func() float64 {
+		return testutil.ToFloat64(p.metrics.polls.WithLabelValues(upstream.Endpoint(incident.Misuse), "error"))
+	}
 	before := polls()
 	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
 		return polls() >= before+5, "polls stopped while stalled"
