@@ -128,3 +128,53 @@ func TestSeparateProcessesGiveTheExactView(t *testing.T) {
 		}
 	}
 }
+
+// TestStagesWaitForJetStream: stages started before NATS has JetStream
+// (a cluster still electing its leaders) wait, not ready, and become ready
+// once it has, without exiting.
+func TestStagesWaitForJetStream(t *testing.T) {
+	bin := t.TempDir()
+	build(t, bin, "github.com/nats-io/nats-server/v2", "./enricher/cmd/enricher", "./projector/cmd/projector")
+	natsAddr := testkit.FreeAddr(t)
+	plain := filepath.Join(t.TempDir(), "plain.conf")
+	if err := os.WriteFile(plain, []byte(fmt.Sprintf("listen: %q\n", natsAddr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// First a server without JetStream: every request for the topology fails.
+	cmd := exec.Command(filepath.Join(bin, "nats-server"), "-c", plain)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	metrics := map[string]string{"enricher": testkit.FreeAddr(t), "projector": testkit.FreeAddr(t)}
+	var logs []*pipelinetest.SyncBuffer
+	for name, addr := range metrics {
+		logs = append(logs, spawn(t, filepath.Join(bin, name), "NATS_URL=nats://"+natsAddr, "METRICS_ADDR="+addr, "LOG_FORMAT=text"))
+	}
+	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
+		for _, l := range logs {
+			if !strings.Contains(l.String(), "NATS not ready for the topology; waiting") {
+				return false, "waiting for both stages to say they wait"
+			}
+		}
+		return true, ""
+	})
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+
+	js := filepath.Join(t.TempDir(), "js.conf")
+	if err := os.WriteFile(js, []byte(fmt.Sprintf("listen: %q\njetstream { store_dir: %q }\n", natsAddr, t.TempDir())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spawnArgs(t, filepath.Join(bin, "nats-server"), "-c", js)
+	for name, addr := range metrics {
+		testkit.Eventually(t, 60*time.Second, func() (bool, string) {
+			code, body, err := pipelinetest.Get("http://" + addr + "/readyz")
+			return code == http.StatusOK, fmt.Sprintf("%s /readyz: %d %s %v", name, code, body, err)
+		})
+	}
+	for _, l := range logs {
+		if strings.Contains(l.String(), "exiting") {
+			t.Errorf("a stage exited while waiting for JetStream:\n%s", l.String())
+		}
+	}
+}
