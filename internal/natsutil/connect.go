@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,7 +31,19 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// The last reason a connection attempt failed, to say why when the
+	// first connection never comes; logged when it changes.
+	var mu sync.Mutex
+	var lastErr error
 	opts := []nats.Option{
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil && (lastErr == nil || lastErr.Error() != err.Error()) {
+				log.Warn("cannot connect to NATS; retrying", "error", err)
+			}
+			lastErr = err
+		}),
 		nats.Name(o.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(500 * time.Millisecond),
@@ -76,6 +89,11 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 		select {
 		case <-ctx.Done():
 			nc.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			if lastErr != nil {
+				return nil, nil, fmt.Errorf("connecting to NATS: %w (last attempt: %w)", ctx.Err(), lastErr)
+			}
 			return nil, nil, fmt.Errorf("connecting to NATS: %w", ctx.Err())
 		case <-time.After(100 * time.Millisecond):
 		}
