@@ -7,57 +7,33 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"log/slog"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
-
-	"github.com/incidentpipe/pipeline/internal/app"
-	"github.com/incidentpipe/pipeline/internal/config"
 )
 
-// TokenCommands are `new-token` (make a random token and print it with its
-// API_TOKENS_FILE line) and `hash-token` (print the line of a token read
-// from standard input).
-func TokenCommands() []app.Command {
-	return []app.Command{
-		{
-			Name: "new-token",
-			Help: "print a new random API token and its API_TOKENS_FILE line",
-			Run: func(context.Context, config.Config, *slog.Logger) error {
-				b := make([]byte, 32)
-				if _, err := rand.Read(b); err != nil {
-					return err
-				}
-				token := base64.RawURLEncoding.EncodeToString(b)
-				fmt.Printf("token (give to the client, keep secret): %s\n", token)
-				fmt.Printf("line for API_TOKENS_FILE:                %s\n", TokenLine(token))
-				return nil
-			},
-		},
-		{
-			Name: "hash-token",
-			Help: "read a token on standard input and print its API_TOKENS_FILE line",
-			Run: func(context.Context, config.Config, *slog.Logger) error {
-				line, err := bufio.NewReader(os.Stdin).ReadString('\n')
-				token := strings.TrimSpace(line)
-				if token == "" {
-					return errors.Join(errors.New("no token on standard input"), err)
-				}
-				fmt.Println(TokenLine(token))
-				return nil
-			},
-		},
+// NewToken writes a new random API token to w, with its API_TOKENS_FILE line.
+func NewToken(w io.Writer) error {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return err
 	}
+	token := base64.RawURLEncoding.EncodeToString(b)
+	_, err := fmt.Fprintf(w, "token (give to the client, keep secret): %s\nline for API_TOKENS_FILE:                %s\n", token, TokenLine(token))
+	return err
 }
 
-// OptionsFrom fills the security options of the API from the configuration.
-func OptionsFrom(o Options, cfg config.Config) Options {
-	o.TokensFile = cfg.APITokensFile
-	o.MetricsAuth = cfg.MetricsAuth
-	o.RateLimit = cfg.APIRateLimit
-	return o
+// HashToken reads a token from r and writes its API_TOKENS_FILE line to w.
+func HashToken(r io.Reader, w io.Writer) error {
+	line, err := bufio.NewReader(r).ReadString('\n')
+	token := strings.TrimSpace(line)
+	if token == "" {
+		return errors.Join(errors.New("no token on standard input"), err)
+	}
+	_, err = fmt.Fprintln(w, TokenLine(token))
+	return err
 }
 
 // ReloadOnHangup re-reads the tokens file on SIGHUP until ctx ends.

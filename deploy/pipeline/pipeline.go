@@ -114,7 +114,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	health.Add("producers", prod.Ready)
 	health.Add("enricher", enr.Ready)
 	health.Add("projector", proj.Ready)
-	a, err := api.New(api.OptionsFrom(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"]}, cfg))
+	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"],
+		TokensFile: cfg.APITokensFile, MetricsAuth: cfg.MetricsAuth, RateLimit: cfg.APIRateLimit})
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/incidentpipe/pipeline/api"
 	"github.com/incidentpipe/pipeline/deploy/pipeline"
 	"github.com/incidentpipe/pipeline/internal/app"
@@ -25,11 +27,16 @@ import (
 )
 
 func main() {
-	rebuild, replay := projector.RebuildCommand(), app.ReplayDLQCommand()
+	rebuild := app.RebuildCommand(func(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
+		return projector.RebuildLive(ctx, js, os.Stderr, log)
+	})
+	replay := app.ReplayDLQCommand()
 	commands := append([]app.Command{
 		{Name: rebuild.Name, Help: rebuild.Help, Run: toRunning(rebuild.Run)},
 		{Name: replay.Name, Help: replay.Help, Run: toRunning(replay.Run)},
-	}, api.TokenCommands()...)
+	}, app.TokenCommands(
+		func() error { return api.NewToken(os.Stdout) },
+		func() error { return api.HashToken(os.Stdin, os.Stdout) })...)
 	app.Main("standalone",
 		func(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 			if addr := os.Getenv("PPROF_ADDR"); addr != "" {

@@ -9,6 +9,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
 
 	"github.com/incidentpipe/pipeline/api"
 	"github.com/incidentpipe/pipeline/internal/app"
@@ -16,7 +17,13 @@ import (
 	"github.com/incidentpipe/pipeline/internal/telemetry"
 )
 
-func main() { app.Main("api", run, api.TokenCommands()...) }
+func main() { app.Main("api", run, tokenCommands()...) }
+
+func tokenCommands() []app.Command {
+	return app.TokenCommands(
+		func() error { return api.NewToken(os.Stdout) },
+		func() error { return api.HashToken(os.Stdin, os.Stdout) })
+}
 
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reg := telemetry.NewRegistry()
@@ -26,7 +33,8 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer nc.Close()
-	a, err := api.New(api.OptionsFrom(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(reg), Health: health, Logger: log, Registerer: reg}, cfg))
+	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(reg), Health: health, Logger: log, Registerer: reg,
+		TokensFile: cfg.APITokensFile, MetricsAuth: cfg.MetricsAuth, RateLimit: cfg.APIRateLimit})
 	if err != nil {
 		return err
 	}

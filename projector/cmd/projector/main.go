@@ -9,6 +9,9 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/incidentpipe/pipeline/internal/app"
 	"github.com/incidentpipe/pipeline/internal/config"
@@ -17,7 +20,13 @@ import (
 )
 
 func main() {
-	app.Main("projector", run, projector.RebuildCommand(), app.ReplayDLQCommand())
+	app.Main("projector", run, rebuildCommand(), app.ReplayDLQCommand())
+}
+
+func rebuildCommand() app.Command {
+	return app.RebuildCommand(func(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
+		return projector.RebuildLive(ctx, js, os.Stderr, log)
+	})
 }
 
 func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
