@@ -43,11 +43,15 @@ type Options struct {
 	RateLimit float64
 }
 
+// filterCacheBytes bounds the filtered answers kept for the current view.
+const filterCacheBytes = 64 << 20
+
 // API is the HTTP API.
 type API struct {
 	js      jetstream.JetStream
 	log     *slog.Logger
 	store   *store
+	filters *filterCache
 	tokens  *tokens
 	handler http.Handler
 }
@@ -69,6 +73,7 @@ func New(o Options) (*API, error) {
 	log := o.Logger.With("stage", topology.StageAPI)
 	m := newMetrics(o.Registerer)
 	a := &API{js: o.JS, log: log, store: newStore(log, m)}
+	a.filters = newFilterCache(filterCacheBytes, a.store.snap.Load)
 	if o.TokensFile != "" {
 		t, err := loadTokens(o.TokensFile, log)
 		if err != nil {

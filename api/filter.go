@@ -208,10 +208,14 @@ func (f filter) filterEmployee(doc *view.Employee) []byte {
 // filtered answers a GET /incidents with a query: computed per request, as
 // the combinations cannot all be prepared.
 func (a *API) filtered(w http.ResponseWriter, r *http.Request, f filter) {
-	snap := a.store.snap.Load()
-	raw, next, err := f.render(snap)
-	if err != nil {
+	b, next, err := a.filters.answer(r.Context(), a.store.snap.Load(), f)
+	switch {
+	case errors.Is(err, errNoCursor):
 		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	case err != nil:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "busy with other filtered requests; retry shortly")
 		return
 	}
 	if next != "" {
@@ -220,5 +224,5 @@ func (a *API) filtered(w http.ResponseWriter, r *http.Request, f filter) {
 		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
 		w.Header().Set("X-Next-Cursor", next)
 	}
-	serve(w, r, newBody(raw))
+	serve(w, r, b)
 }

@@ -22,20 +22,39 @@ import (
 
 func loadCompose(t *testing.T, files ...string) *types.Project {
 	t.Helper()
-	opts, err := cli.NewProjectOptions(files,
-		cli.WithWorkingDirectory(".."),
-		cli.WithProfiles([]string{"*"}),
-		cli.WithEnv([]string{}),
-		cli.WithName("incidents"),
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := opts.LoadProject(context.Background())
+	p, err := loadComposeEnv([]string{"UPSTREAM_URL=http://simulator:8000"}, files...)
 	if err != nil {
 		t.Fatalf("loading %v: %v", files, err)
 	}
 	return p
+}
+
+func loadComposeEnv(env []string, files ...string) (*types.Project, error) {
+	opts, err := cli.NewProjectOptions(files,
+		cli.WithWorkingDirectory(".."),
+		cli.WithProfiles([]string{"*"}),
+		cli.WithEnv(env),
+		cli.WithName("incidents"),
+	)
+	if err != nil {
+		return nil, err
+	}
+	return opts.LoadProject(context.Background())
+}
+
+// TestComposeRefusesWithoutUpstream: without UPSTREAM_URL, compose does not
+// start producers polling a host that does not exist; it says the two ways
+// to run.
+func TestComposeRefusesWithoutUpstream(t *testing.T) {
+	_, err := loadComposeEnv(nil, "../docker-compose.yml")
+	if err == nil {
+		t.Fatal("compose loaded without UPSTREAM_URL")
+	}
+	for _, want := range []string{"UPSTREAM_URL", "docker compose up", "UPSTREAM_URL=http://simulator:8000 docker compose --profile demo up"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal %q does not say %q", err, want)
+		}
+	}
 }
 
 // pipelineServices are the services built from this repository, with the

@@ -96,3 +96,42 @@ func FuzzIdentity(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeResults feeds arbitrary bytes as a whole upstream page: decoding
+// never panics; every item is a slice of the page; a page that is valid JSON
+// with one "results" array splits into exactly its elements, each valid.
+func FuzzDecodeResults(f *testing.F) {
+	for _, s := range []string{
+		`{"count":2,"next":"http://x/?page=2","results":[{"a":1.10}, 5]}`,
+		`{"results":[{"priority":"low","employee_id":1,"timestamp":NaN},{"b":[1,{"c":"]"}]}],"next":null}`,
+		`{"results":[` + strings.Repeat("[", 200) + strings.Repeat("]", 200) + `]}`,
+		`{"results":[{"a":"\"}"} junk, 1]}`,
+		`{"results":[{"a":1}`, `{"results":{}}`, `{"next":1}`, `{}`, `[]`, "{\"results\":[\"\xff\"]}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, page string) {
+		items, _, err := DecodeResults([]byte(page))
+		if err != nil {
+			return
+		}
+		for _, it := range items {
+			if !strings.Contains(page, string(it)) || len(it) == 0 {
+				t.Fatalf("item %q is not a part of the page", it)
+			}
+		}
+		var parsed struct {
+			Results *[]json.RawMessage `json:"results"`
+		}
+		if json.Valid([]byte(page)) && json.Unmarshal([]byte(page), &parsed) == nil && parsed.Results != nil {
+			if len(*parsed.Results) != len(items) {
+				t.Fatalf("valid page of %d results split into %d items", len(*parsed.Results), len(items))
+			}
+			for _, it := range items {
+				if !json.Valid(it) {
+					t.Fatalf("item %q of a valid page is not valid JSON", it)
+				}
+			}
+		}
+	})
+}

@@ -180,6 +180,25 @@ func TestCredentialsStayOnTheUpstreamHost(t *testing.T) {
 	}
 }
 
+// TestCrossHostRefusalIsNotCalledCredentials: a redirect to another host
+// that then refuses (it gets no credentials) is reported as such, not as
+// the upstream refusing the credentials.
+func TestCrossHostRefusalIsNotCalledCredentials(t *testing.T) {
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "who are you", http.StatusUnauthorized)
+	}))
+	defer other.Close()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/identities/", http.StatusFound)
+	}))
+	defer up.Close()
+	c, _ := New(Options{BaseURL: up.URL, User: "u", Password: "p", Retry: fastRetry()})
+	_, err := c.Identities(context.Background())
+	if err == nil || errors.Is(err, ErrUnauthorized) || !strings.Contains(err.Error(), "redirected to another host") {
+		t.Fatalf("error %v, want one saying the redirect's host refused", err)
+	}
+}
+
 func TestUserInfoInURLBecomesCredentials(t *testing.T) {
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if u, p, ok := r.BasicAuth(); !ok || u != "u" || p != "p" {

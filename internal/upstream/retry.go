@@ -116,6 +116,10 @@ func (c *Client) once(ctx context.Context, endpoint, url string, decode func([]b
 	}
 	defer resp.Body.Close()
 	switch {
+	case (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) && !sameOrigin(resp.Request.URL, c.base):
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return permanent{fmt.Errorf("the upstream redirected to another host, %s, which answered %w (credentials are never sent to another host)",
+			resp.Request.URL.Host, &StatusError{resp.StatusCode})}
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 		return permanent{fmt.Errorf("%w: %w", ErrUnauthorized, &StatusError{resp.StatusCode})}
