@@ -262,6 +262,9 @@ func Load(name string, args []string, getenv func(string) string) (Config, error
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return Config{}, errors.New("NATS_TLS_CERT and NATS_TLS_KEY go together")
 	}
+	if c.UpstreamMaxInFlight < c.UpstreamMaxBody {
+		return Config{}, errors.New("UPSTREAM_MAX_IN_FLIGHT: must be at least UPSTREAM_MAX_BODY, or a body that large could never be read")
+	}
 	if c.UpstreamTimeout <= 0 {
 		return Config{}, errors.New("UPSTREAM_TIMEOUT: must be positive")
 	}

@@ -35,17 +35,34 @@ func TestLoad(t *testing.T) {
 
 func TestLoadRejects(t *testing.T) {
 	for name, env := range map[string]map[string]string{
-		"bad duration":  {"POLL_INTERVAL": "soon"},
-		"too fast":      {"POLL_INTERVAL": "10ms"},
-		"bad replicas":  {"NATS_REPLICAS": "0"},
-		"missing file":  {"UPSTREAM_PASSWORD_FILE": "/nonexistent/pw"},
-		"tiny body cap": {"UPSTREAM_MAX_BODY": "10"},
-		"no timeout":    {"UPSTREAM_TIMEOUT": "0s"},
+		"bad duration":          {"POLL_INTERVAL": "soon"},
+		"too fast":              {"POLL_INTERVAL": "10ms"},
+		"bad replicas":          {"NATS_REPLICAS": "0"},
+		"missing file":          {"UPSTREAM_PASSWORD_FILE": "/nonexistent/pw"},
+		"tiny body cap":         {"UPSTREAM_MAX_BODY": "10"},
+		"no timeout":            {"UPSTREAM_TIMEOUT": "0s"},
+		"budget under one body": {"UPSTREAM_MAX_BODY": "67108864", "UPSTREAM_MAX_IN_FLIGHT": "1048576"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := Load("x", nil, func(k string) string { return env[k] }); err == nil {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// TestAPIAddrDefault: the API listens on every interface by default only
+// when it requires a token.
+func TestAPIAddrDefault(t *testing.T) {
+	for tokens, want := range map[string]string{"": "127.0.0.1:9000", "/etc/tokens": ":9000"} {
+		c, err := Load("x", nil, func(k string) string {
+			if k == "API_TOKENS_FILE" {
+				return tokens
+			}
+			return ""
+		})
+		if err != nil || c.APIAddr != want {
+			t.Errorf("API_TOKENS_FILE=%q: API_ADDR %q %v, want %q", tokens, c.APIAddr, err, want)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -8,7 +9,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -235,5 +238,76 @@ func TestVerifiesTheUpstreamCertificate(t *testing.T) {
 	c, _ = New(Options{BaseURL: hs.URL, RootCAs: pool, Retry: fastRetry()})
 	if _, err := c.Identities(context.Background()); err != nil {
 		t.Fatalf("with its CA: %v", err)
+	}
+}
+
+// TestBytesInFlightBounded: eight endpoints streaming huge bodies without
+// Content-Length at once hold about MaxInFlight bytes in all, not eight
+// times MaxBody.
+func TestBytesInFlightBounded(t *testing.T) {
+	chunk := bytes.Repeat([]byte(" "), 64<<10)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte(`{"results":[`))
+		for range 1600 { // 100 MiB of white space, never a complete page
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer hs.Close()
+	const budget = 16 << 20
+	c, err := New(Options{BaseURL: hs.URL, MaxBody: budget, MaxInFlight: budget,
+		Retry: RetryPolicy{MaxAttempts: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The heap, sampled while the requests run: without the budget, eight
+	// 64 MiB bodies would be held at once (over 512 MiB).
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var m runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			runtime.GC() // live bytes only, not garbage awaiting collection
+			runtime.ReadMemStats(&m)
+			peak.Store(max(peak.Load(), m.HeapAlloc))
+		}
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Go(func() {
+			_, err := c.Incidents(context.Background(), incident.Misuse)
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(stop)
+	<-sampled
+	close(errs)
+	busy := 0
+	for err := range errs {
+		if err == nil {
+			t.Fatal("a 100 MiB body over a 16 MiB cap was accepted")
+		}
+		if errors.Is(err, ErrBusy) {
+			busy++
+		}
+	}
+	if busy == 0 {
+		t.Error("no request was held back by the in-flight budget")
+	}
+	if grown := int64(peak.Load()) - int64(base.HeapAlloc); grown > 3*budget {
+		t.Errorf("the heap grew by %d MiB while reading, budget %d MiB", grown>>20, budget>>20)
 	}
 }

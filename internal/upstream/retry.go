@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -148,31 +147,37 @@ func (c *Client) once(ctx context.Context, endpoint, url string, decode func([]b
 	return nil
 }
 
-// readChunk is the unit in which a body's bytes are counted against the
-// client's in-flight budget.
-const readChunk = 1 << 20
-
 // ErrBusy is returned when the bodies being read already hold the client's
 // in-flight byte budget; the request is retried later.
 var ErrBusy = errors.New("upstream responses in flight hold UPSTREAM_MAX_IN_FLIGHT bytes")
 
-// read reads a body of at most maxBody bytes, counting it against the
-// in-flight budget until release is called.
+// read reads a body of at most maxBody bytes. The memory it takes (the
+// buffer's capacity) counts against the in-flight budget until release.
 func (c *Client) read(r io.Reader) (body []byte, release func(), err error) {
 	var held int64
 	release = func() { c.inFlight.Release(held) }
-	var buf bytes.Buffer
 	for {
-		if !c.inFlight.TryAcquire(readChunk) {
-			return nil, release, ErrBusy
+		if len(body) == cap(body) {
+			// Grow by doubling, from 64 KiB, never past maxBody+1.
+			newCap := min(max(2*int64(cap(body)), 64<<10), c.maxBody+1)
+			if newCap <= int64(cap(body)) {
+				return nil, release, permanent{ErrTooLarge}
+			}
+			if !c.inFlight.TryAcquire(newCap - held) {
+				return nil, release, ErrBusy
+			}
+			held = newCap
+			grown := make([]byte, len(body), newCap)
+			copy(grown, body)
+			body = grown
 		}
-		held += readChunk
-		_, err := io.CopyN(&buf, r, readChunk)
-		if int64(buf.Len()) > c.maxBody {
+		n, err := r.Read(body[len(body):cap(body)])
+		body = body[:len(body)+n]
+		if int64(len(body)) > c.maxBody {
 			return nil, release, permanent{ErrTooLarge}
 		}
 		if errors.Is(err, io.EOF) {
-			return buf.Bytes(), release, nil
+			return body, release, nil
 		}
 		if err != nil {
 			return nil, release, fmt.Errorf("reading body: %w", err)
