@@ -91,6 +91,7 @@ type store struct {
 
 	// Owned by the watch loop.
 	employees    map[string]*body
+	pieces       map[string][]byte // piece key → its incidents
 	counts       map[string][4]int
 	unattributed map[string]*view.Unattributed
 	// frozenUntil holds the served snapshot while a rebuild empties and
@@ -114,6 +115,7 @@ func (s *store) reset() {
 	s.frozenUntil = time.Time{}
 	s.employeesDirty, s.unattributedDirty = true, true
 	s.employees = map[string]*body{}
+	s.pieces = map[string][]byte{}
 	s.counts = map[string][4]int{}
 	s.unattributed = map[string]*view.Unattributed{}
 }
@@ -234,18 +236,53 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 		s.unattributed[key] = doc
 		return
 	}
+	if _, ok := view.IsPieceKey(key); ok {
+		// A piece arrives before the manifest that names it and goes
+		// after the manifest that stops naming it: nothing to prepare.
+		if deleted {
+			delete(s.pieces, key)
+			return
+		}
+		frag, err := view.PieceIncidents(e.Value())
+		if err != nil {
+			s.log.Error("unreadable piece in the view; skipped", "key", key, "error", err)
+			return
+		}
+		s.pieces[key] = frag
+		return
+	}
+	if _, err := incident.ParseEmployeeID(key); err != nil {
+		return // not an employee's document (a marker of the projector)
+	}
 	s.employeesDirty = true
 	if deleted {
 		delete(s.employees, key)
 		delete(s.counts, key)
 		return
 	}
-	counts, err := view.Counts(e.Value())
+	value := e.Value()
+	if view.IsManifest(value) {
+		m, err := view.ParseManifest(value)
+		if err != nil {
+			s.log.Error("unreadable manifest in the view; skipped", "key", key, "error", err)
+			return
+		}
+		doc, err := view.Assemble(m, func(k string) ([]byte, bool) { b, ok := s.pieces[k]; return b, ok })
+		if err != nil {
+			s.log.Error("employee document incomplete; keeping the previous one", "key", key, "error", err)
+			return
+		}
+		s.employees[key] = newBody(doc)
+		s.counts[key] = m.Counts()
+		return
+	}
+	// A whole document, as earlier versions stored it.
+	counts, err := view.Counts(value)
 	if err != nil {
 		s.log.Error("unreadable employee document in the view; skipped", "key", key, "error", err)
 		return
 	}
-	s.employees[key] = newBody(e.Value())
+	s.employees[key] = newBody(value)
 	s.counts[key] = counts
 }
 

@@ -37,8 +37,12 @@ type plan struct {
 const maxConflicts = 50
 
 // apply folds a plan into its document with compare-and-set, re-reading
-// and re-folding on a conflict with another writer.
+// and re-folding on a conflict with another writer: an employee's pieces,
+// or an IP's unattributed document.
 func (p *Projector) apply(ctx context.Context, kv jetstream.KeyValue, pl *plan) error {
+	if !strings.HasPrefix(pl.key, topology.UnattributedPrefix) {
+		return p.applyEmployee(ctx, kv, pl)
+	}
 	for range maxConflicts {
 		var data []byte
 		var rev uint64
@@ -50,7 +54,7 @@ func (p *Projector) apply(ctx context.Context, kv jetstream.KeyValue, pl *plan) 
 		default:
 			data, rev = entry.Value(), entry.Revision()
 		}
-		out, added, err := fold(pl, data)
+		out, added, err := foldUnattributed(pl, data)
 		if err != nil {
 			return err
 		}
@@ -77,49 +81,53 @@ func (p *Projector) apply(ctx context.Context, kv jetstream.KeyValue, pl *plan) 
 	return fmt.Errorf("writing view %s: still conflicting after %d tries", pl.key, maxConflicts)
 }
 
-// fold applies a plan to a stored document (nil: none yet) and returns the
-// new document, or nil when nothing changed, and how many incidents it added.
-func fold(pl *plan, data []byte) ([]byte, int, error) {
-	if strings.HasPrefix(pl.key, topology.UnattributedPrefix) {
-		doc := &view.Unattributed{}
-		if data != nil {
-			var err error
-			if doc, err = view.ParseUnattributed(data); err != nil {
-				return nil, 0, fmt.Errorf("view %s: %w", pl.key, err)
-			}
-		}
-		changed, added := false, 0
-		for _, o := range pl.ops {
-			switch o.kind {
-			case opUnattributed:
-				if doc.Add(o.in) {
-					changed = true
-					added++
-				}
-			case opAttributed:
-				changed = doc.MarkAttributed(o.in.ID) || changed
-			}
-		}
-		if !changed {
-			return nil, 0, nil
-		}
-		out, err := doc.MarshalJSON()
-		return out, added, err
+// applyEmployee folds a plan into an employee's pieces, trying again from
+// the manifest when another writer changed it first.
+func (p *Projector) applyEmployee(ctx context.Context, kv jetstream.KeyValue, pl *plan) error {
+	entries := make([]view.Entry, len(pl.ops))
+	for i, o := range pl.ops {
+		entries[i] = view.EntryOf(o.in)
 	}
-	doc := &view.Employee{}
+	for range maxConflicts {
+		added, err := p.pieces.fold(ctx, p.js, kv, pl.key, entries)
+		if errors.Is(err, errConflict) {
+			p.metrics.conflicts.Inc()
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p.metrics.projected.WithLabelValues("added").Add(float64(added))
+		p.metrics.projected.WithLabelValues("duplicate").Add(float64(len(pl.ops) - added))
+		return nil
+	}
+	return fmt.Errorf("writing view %s: still conflicting after %d tries", pl.key, maxConflicts)
+}
+
+// foldUnattributed applies a plan to an IP's stored unattributed document
+// (nil: none yet) and returns the new document, or nil when nothing
+// changed, and how many incidents it added.
+func foldUnattributed(pl *plan, data []byte) ([]byte, int, error) {
+	doc := &view.Unattributed{}
 	if data != nil {
 		var err error
-		if doc, err = view.ParseEmployee(data); err != nil {
+		if doc, err = view.ParseUnattributed(data); err != nil {
 			return nil, 0, fmt.Errorf("view %s: %w", pl.key, err)
 		}
 	}
-	added := 0
+	changed, added := false, 0
 	for _, o := range pl.ops {
-		if doc.Add(o.in) {
-			added++
+		switch o.kind {
+		case opUnattributed:
+			if doc.Add(o.in) {
+				changed = true
+				added++
+			}
+		case opAttributed:
+			changed = doc.MarkAttributed(o.in.ID) || changed
 		}
 	}
-	if added == 0 {
+	if !changed {
 		return nil, 0, nil
 	}
 	out, err := doc.MarshalJSON()

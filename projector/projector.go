@@ -44,6 +44,7 @@ type Projector struct {
 	log      *slog.Logger
 	metrics  *metrics
 	progress *stage.Progress
+	pieces   *pieces
 }
 
 // Ready reports whether the stage makes progress: a readiness check.
@@ -73,6 +74,7 @@ func New(o Options) (*Projector, error) {
 		log:      o.Logger.With("stage", topology.StageProjector),
 		metrics:  newMetrics(o.Registerer),
 		progress: stage.NewProgress(topology.StageProjector, o.Registerer, o.Logger),
+		pieces:   newPieces(),
 	}, nil
 }
 
@@ -92,6 +94,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		return err
 	}
 	go stage.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { p.metrics.pending.Set(float64(n)) })
+	go p.removeMarkers(ctx, kv)
 	stage.Consume(ctx, cons, func(ctx context.Context, msgs []jetstream.Msg) []stage.Outcome {
 		return p.handle(ctx, kv, msgs)
 	}, stage.Options{
@@ -175,4 +178,29 @@ func (p *Projector) handle(ctx context.Context, kv jetstream.KeyValue, msgs []je
 		}
 	}
 	return out
+}
+
+// markerAge is how old the marker of a removed piece must be before it goes:
+// readers have long moved on to the manifest that replaced the piece.
+const markerAge = time.Hour
+
+// removeMarkers removes, every markerAge, the delete markers that replaced
+// pieces: each change of an employee replaces a piece, so without this the
+// bucket would grow with every change, not with the view.
+func (p *Projector) removeMarkers(ctx context.Context, kv jetstream.KeyValue) {
+	t := time.NewTicker(markerAge)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(markerAge))
+		if err != nil && !failing && ctx.Err() == nil {
+			p.log.Warn("removing old delete markers from the view failed; will try again", "error", err)
+		}
+		failing = err != nil
+	}
 }

@@ -5,6 +5,7 @@
 //	standalone              run the pipeline
 //	standalone rebuild      rebuild the view of a running standalone, live
 //	standalone replay-dlq   send its dead-lettered incidents back through the pipeline
+//	standalone document ID  print one employee's document from its INCIDENT_VIEW
 //	standalone new-token    print a new API token and its API_TOKENS_FILE line
 //	standalone hash-token   print the API_TOKENS_FILE line of the token on stdin
 package main
@@ -30,10 +31,11 @@ func main() {
 	rebuild := app.RebuildCommand(func(ctx context.Context, js jetstream.JetStream, log *slog.Logger) error {
 		return projector.RebuildLive(ctx, js, os.Stderr, log)
 	})
-	replay := app.ReplayDLQCommand()
+	replay, document := app.ReplayDLQCommand(), app.DocumentCommand(projector.Document)
 	commands := append([]app.Command{
 		{Name: rebuild.Name, Help: rebuild.Help, Run: toRunning(rebuild.Run)},
 		{Name: replay.Name, Help: replay.Help, Run: toRunning(replay.Run)},
+		{Name: document.Name, Help: document.Help, Run: toRunning(document.Run)},
 	}, app.TokenCommands(
 		func() error { return api.NewToken(os.Stdout) },
 		func() error { return api.HashToken(os.Stdin, os.Stdout) })...)

@@ -127,9 +127,11 @@ func TestOperationsChapter(t *testing.T) {
 
 	out = run("employee", 30*time.Second)
 	_, viaAPI := get(p.api + "/incidents/325375")
-	if strings.TrimSpace(out) != string(viaAPI) {
-		t.Errorf("ops:employee = %s\nGET /incidents/325375 = %s", out, viaAPI)
+	doc, manifest, _ := strings.Cut(out, "\n")
+	if doc != string(viaAPI) {
+		t.Errorf("ops:employee document = %s\nGET /incidents/325375 = %s", doc, viaAPI)
 	}
+	mustContain("employee", manifest, `{"v":2,"pieces":[{"k":"325375.`)
 
 	// The watch runs until stopped: give it three seconds.
 	out, err = shell(t, blocks["watch"], nats, bin, cliEnv, 3*time.Second)

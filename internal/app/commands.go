@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -66,4 +67,22 @@ func TokenCommands(newToken func() error, hashToken func() error) []Command {
 		Plain("new-token", "print a new random API token and its API_TOKENS_FILE line", newToken),
 		Plain("hash-token", "read a token on standard input and print its API_TOKENS_FILE line", hashToken),
 	}
+}
+
+// DocumentCommand is `document <employee_id>`: it prints one employee's
+// document as GET /incidents/{id} shows it, read from INCIDENT_VIEW by read
+// (the projector's, which knows how the view stores it).
+func DocumentCommand(read func(ctx context.Context, js jetstream.JetStream, employee string) ([]byte, error)) Command {
+	return WithNATS("document", "<employee_id> print one employee's document from INCIDENT_VIEW",
+		func(ctx context.Context, js jetstream.JetStream, args []string, _ *slog.Logger) error {
+			if len(args) != 1 {
+				return errors.New("document: want one employee id")
+			}
+			doc, err := read(ctx, js, args[0])
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(os.Stdout, "%s\n", doc)
+			return err
+		})
 }

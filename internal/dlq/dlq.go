@@ -29,7 +29,7 @@ type Letter struct {
 // Reasons beyond an incident's own (incident.Reason): every reason token a
 // stage dead-letters with is one of these or of incident.Reasons.
 const (
-	// ReasonTooLarge: the document the incident belongs to would outgrow
+	// ReasonTooLarge: the unattributed document of an IP (kept whole) would outgrow
 	// the largest message NATS carries.
 	ReasonTooLarge incident.Reason = "document_too_large"
 	// ReasonRepeatedFailure: handling the message failed (an error about

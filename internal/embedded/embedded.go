@@ -4,6 +4,7 @@
 package embedded
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -23,10 +24,13 @@ type Options struct {
 	ServerName string
 	// MaxStore caps JetStream's file storage in bytes (0: the disk's).
 	MaxStore int64
+	// MaxPayload is the largest message accepted (0: MaxPayload).
+	MaxPayload int32
 }
 
-// MaxPayload is the largest message the embedded server accepts: room for
-// large employee documents in INCIDENT_VIEW.
+// MaxPayload is the largest message the embedded server accepts by default.
+// The view never needs more than NATS's default 1 MB (documents are stored
+// in pieces); the headroom is for unattributed documents and operators.
 const MaxPayload = 8 << 20
 
 // Start starts a NATS server with JetStream and waits until it
@@ -49,7 +53,7 @@ func Start(o Options) (*server.Server, error) {
 		Port:              port,
 		JetStream:         true,
 		StoreDir:          o.StoreDir,
-		MaxPayload:        MaxPayload,
+		MaxPayload:        cmp.Or(o.MaxPayload, MaxPayload),
 		JetStreamMaxStore: o.MaxStore,
 		NoSigs:            true,
 		NoLog:             true,

@@ -17,13 +17,14 @@ import (
 // Entry is one incident of a document.
 type Entry struct {
 	ID        string
+	Priority  int // incident.Priority index; set by EntryOf
 	Timestamp incident.Timestamp
 	JSON      json.RawMessage // the incident as the view shows it, "type" first
 }
 
 // EntryOf returns the view entry of a decoded incident.
 func EntryOf(in incident.Incident) Entry {
-	return Entry{ID: in.ID, Timestamp: in.Timestamp, JSON: in.ViewJSON()}
+	return Entry{ID: in.ID, Priority: in.Priority.Index(), Timestamp: in.Timestamp, JSON: in.ViewJSON()}
 }
 
 // parseEntry reads back an incident stored in a document.

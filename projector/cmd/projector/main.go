@@ -3,6 +3,7 @@
 //
 //	projector              run the stage
 //	projector rebuild      rebuild the view from INCIDENTS_ENRICHED, live
+//	projector document ID  print one employee's document from INCIDENT_VIEW
 //	projector replay-dlq   send dead-lettered incidents back through the pipeline
 package main
 
@@ -20,7 +21,7 @@ import (
 )
 
 func main() {
-	app.Main("projector", run, rebuildCommand(), app.ReplayDLQCommand())
+	app.Main("projector", run, rebuildCommand(), app.DocumentCommand(projector.Document), app.ReplayDLQCommand())
 }
 
 func rebuildCommand() app.Command {

@@ -1,0 +1,249 @@
+package projector
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/incidentpipe/pipeline/internal/stage"
+	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/view"
+)
+
+// pieces writes employee documents as a manifest and pieces (see package
+// view). Piece keys are never written twice, so decoded pieces are cached
+// by key without ever going stale.
+type pieces struct {
+	nonce string        // this projector's part of every piece key it makes
+	seq   atomic.Uint64 // the rest
+
+	mu    sync.Mutex
+	cache map[string][]view.Entry
+	bytes int
+}
+
+// maxCacheBytes bounds the decoded pieces kept.
+const maxCacheBytes = 64 << 20
+
+func newPieces() *pieces {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return &pieces{nonce: hex.EncodeToString(b), cache: map[string][]view.Entry{}}
+}
+
+// newKey is a fresh piece key of employee.
+func (ps *pieces) newKey(employee string) string {
+	return employee + "." + ps.nonce + strconv.FormatUint(ps.seq.Add(1), 36)
+}
+
+// load returns a piece's entries, from the cache or the bucket.
+func (ps *pieces) load(ctx context.Context, kv jetstream.KeyValue, key string) ([]view.Entry, error) {
+	ps.mu.Lock()
+	entries, ok := ps.cache[key]
+	ps.mu.Unlock()
+	if ok {
+		return entries, nil
+	}
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading piece %s: %w", key, err)
+	}
+	entries, err = view.DecodePiece(e.Value())
+	if err != nil {
+		return nil, fmt.Errorf("piece %s: %w", key, err)
+	}
+	ps.remember(key, entries, len(e.Value()))
+	return entries, nil
+}
+
+func (ps *pieces) remember(key string, entries []view.Entry, size int) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.bytes+size > maxCacheBytes {
+		clear(ps.cache)
+		ps.bytes = 0
+	}
+	ps.cache[key] = entries
+	ps.bytes += size
+}
+
+func (ps *pieces) forget(keys []string) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for _, k := range keys {
+		delete(ps.cache, k)
+	}
+}
+
+// errConflict is another writer changing the manifest first.
+var errConflict = errors.New("the manifest changed meanwhile")
+
+// fold adds entries to employee's document in one compare-and-set of its
+// manifest; it returns how many it added (the rest were there already).
+func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, employee string, entries []view.Entry) (int, error) {
+	var m *view.Manifest
+	var rev uint64
+	// The pieces that change, by index in m.Pieces (-1-p: a new piece of
+	// priority p).
+	changed := map[int][]view.Entry{}
+	entry, err := kv.Get(ctx, employee)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		m = &view.Manifest{}
+	case err != nil:
+		return 0, fmt.Errorf("reading view %s: %w", employee, err)
+	case view.IsManifest(entry.Value()):
+		rev = entry.Revision()
+		if m, err = view.ParseManifest(entry.Value()); err != nil {
+			return 0, fmt.Errorf("view %s: %w", employee, err)
+		}
+	default:
+		// A whole document of an earlier version: its incidents become
+		// pieces with this fold.
+		rev = entry.Revision()
+		d, err := view.ParseEmployee(entry.Value())
+		if err != nil {
+			return 0, fmt.Errorf("view %s: %w", employee, err)
+		}
+		m = &view.Manifest{}
+		for p, list := range d.Buckets {
+			if len(list) > 0 {
+				changed[len(m.Pieces)] = list
+				m.Pieces = append(m.Pieces, view.RefOf("", p, list))
+			}
+		}
+	}
+
+	get := func(i int) ([]view.Entry, error) {
+		if e, ok := changed[i]; ok {
+			return e, nil
+		}
+		if i < 0 {
+			return nil, nil
+		}
+		list, err := ps.load(ctx, kv, m.Pieces[i].Key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			// Another writer replaced the manifest and removed the piece
+			// since it was read: start over from the new one.
+			return nil, errConflict
+		}
+		return list, err
+	}
+	added := 0
+	for _, e := range entries {
+		p := e.Priority
+		from, to, insert := m.Locate(p, e.Timestamp)
+		dup := false
+		for i := from; i < to && !dup; i++ {
+			list, err := get(i)
+			if err != nil {
+				return 0, err
+			}
+			dup = containsID(list, e.ID)
+		}
+		if insert < 0 {
+			insert = -1 - p
+		}
+		list, err := get(insert)
+		if err != nil {
+			return 0, err
+		}
+		if dup || (insert < 0 && containsID(list, e.ID)) {
+			continue
+		}
+		if _, own := changed[insert]; !own {
+			list = clone(list)
+		}
+		list, _ = view.InsertEntry(list, e)
+		changed[insert] = list
+		added++
+	}
+	if added == 0 {
+		return 0, nil
+	}
+
+	// The new manifest: unchanged pieces keep their keys; changed ones
+	// are written anew, split where they grew too large.
+	next := &view.Manifest{}
+	var writes []*nats.Msg
+	var written, replaced []string
+	emit := func(p int, list []view.Entry) {
+		for _, run := range view.Split(list) {
+			key := ps.newKey(employee)
+			data := view.EncodePiece(run)
+			writes = append(writes, &nats.Msg{Subject: "$KV." + topology.BucketView + "." + key, Data: data})
+			written = append(written, key)
+			ps.remember(key, run, len(data))
+			next.Pieces = append(next.Pieces, view.RefOf(key, p, run))
+		}
+	}
+	for p := range 4 {
+		for i, r := range m.Pieces {
+			if r.Priority != p {
+				continue
+			}
+			if list, ok := changed[i]; ok {
+				emit(p, list)
+				if r.Key != "" {
+					replaced = append(replaced, r.Key)
+				}
+				continue
+			}
+			next.Pieces = append(next.Pieces, r)
+		}
+		if list, ok := changed[-1-p]; ok {
+			emit(p, list)
+		}
+	}
+	if _, err := stage.PublishAll(ctx, js, writes); err != nil {
+		ps.discard(ctx, kv, written)
+		return 0, fmt.Errorf("writing pieces of %s: %w", employee, err)
+	}
+	if rev == 0 {
+		_, err = kv.Create(ctx, employee, next.Encode())
+	} else {
+		_, err = kv.Update(ctx, employee, next.Encode(), rev)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		ps.discard(ctx, kv, written)
+		return 0, errConflict
+	}
+	if err != nil {
+		// The manifest may or may not be stored: keep the pieces (a
+		// retry reads the manifest again).
+		return 0, fmt.Errorf("writing view %s: %w", employee, err)
+	}
+	// The old pieces are no longer named by any manifest.
+	ps.discard(ctx, kv, replaced)
+	return added, nil
+}
+
+// discard deletes pieces no manifest names (best effort: a leftover piece
+// costs space, never correctness).
+func (ps *pieces) discard(ctx context.Context, kv jetstream.KeyValue, keys []string) {
+	ps.forget(keys)
+	for _, k := range keys {
+		_ = kv.Purge(ctx, k)
+	}
+}
+
+func containsID(list []view.Entry, id string) bool {
+	for _, e := range list {
+		if e.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// clone returns a copy of list that the caller may change: cached pieces
+// are shared.
+func clone(list []view.Entry) []view.Entry { return append([]view.Entry(nil), list...) }

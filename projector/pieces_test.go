@@ -1,0 +1,246 @@
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/embedded"
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/testkit"
+	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/view"
+)
+
+// defaultNATS is a server with NATS's default 1 MB max payload.
+func defaultNATS(t *testing.T) (jetstream.JetStream, jetstream.KeyValue) {
+	t.Helper()
+	_, js := testkit.Connect(t, testkit.JetStreamWith(t, embedded.Options{MaxPayload: 1 << 20}))
+	kv, err := js.KeyValue(context.Background(), topology.BucketView)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js, kv
+}
+
+func entries(t testing.TB, emp, from, n int, priority string) []view.Entry {
+	t.Helper()
+	out := make([]view.Entry, n)
+	for i := range n {
+		in, err := incident.Decode(incident.Misuse, fmt.Appendf(nil,
+			`{"priority":%q,"employee_id":%d,"timestamp":%d.5,"note":"incident %d of a busy employee, padded to a realistic size"}`, priority, emp, from+i, from+i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = view.EntryOf(in)
+	}
+	return out
+}
+
+// checkDocument reads employee's document as a reader does and checks it
+// holds exactly want incidents per priority, in timestamp order.
+func checkDocument(t *testing.T, js jetstream.JetStream, emp string, want [4]int) []byte {
+	t.Helper()
+	doc, err := Document(context.Background(), js, emp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := view.ParseEmployee(doc)
+	if err != nil {
+		t.Fatalf("document does not parse: %v", err)
+	}
+	counts, _ := view.Counts(doc)
+	for p := range 4 {
+		if len(d.Buckets[p]) != want[p] || counts[p] != want[p] {
+			t.Fatalf("priority %d: %d incidents (count %d), want %d", p, len(d.Buckets[p]), counts[p], want[p])
+		}
+	}
+	return doc
+}
+
+// TestManyIncidentsOneEmployee: an employee's document grows past NATS's
+// max payload many times over and stays whole, every stored value small.
+func TestManyIncidentsOneEmployee(t *testing.T) {
+	js, kv := defaultNATS(t)
+	ps := newPieces()
+	ctx := context.Background()
+	const n = 30_000 // about 5 MB of document
+	for from := 0; from < n; from += 1000 {
+		batch := entries(t, 7, from, 1000, "high")
+		if added, err := ps.fold(ctx, js, kv, "7", batch); err != nil || added != 1000 {
+			t.Fatalf("fold at %d: %d added, %v", from, added, err)
+		}
+	}
+	// Incidents in the middle and before everything land in order.
+	if added, err := ps.fold(ctx, js, kv, "7", append(entries(t, 7, -5, 5, "high"), entries(t, 7, 100, 10, "high")...)); err != nil || added != 5 {
+		t.Fatalf("fold of old and known incidents: %d added, %v", added, err)
+	}
+	doc := checkDocument(t, js, "7", [4]int{0, 0, n + 5, 0})
+	if len(doc) < 4<<20 {
+		t.Fatalf("document of %d bytes; the test wants one past the max payload", len(doc))
+	}
+	var d struct {
+		High struct {
+			Incidents []struct{ Timestamp float64 } `json:"incidents"`
+		} `json:"high"`
+	}
+	if err := json.Unmarshal(doc, &d); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(d.High.Incidents); i++ {
+		if d.High.Incidents[i].Timestamp < d.High.Incidents[i-1].Timestamp {
+			t.Fatalf("incident %d out of order", i)
+		}
+	}
+	keys, _ := kv.ListKeys(ctx)
+	pieces := 0
+	for k := range keys.Keys() {
+		e, err := kv.Get(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(e.Value()) > view.MaxPieceBytes {
+			t.Errorf("%s holds %d bytes", k, len(e.Value()))
+		}
+		if _, ok := view.IsPieceKey(k); ok {
+			pieces++
+		}
+	}
+	// Replaced pieces are removed: about 5 MB in 128 KiB pieces.
+	if pieces < 40 || pieces > 120 {
+		t.Errorf("%d pieces stored for a 5 MB document", pieces)
+	}
+	// A fresh projector (empty cache) folds the same incidents: nothing new.
+	if added, err := newPieces().fold(ctx, js, kv, "7", entries(t, 7, 0, 1000, "high")); err != nil || added != 0 {
+		t.Fatalf("refold: %d added, %v", added, err)
+	}
+}
+
+// TestWholeDocumentOfEarlierVersion: a document stored whole (before
+// pieces) is served as it is and becomes pieces at its next change,
+// losing nothing.
+func TestWholeDocumentOfEarlierVersion(t *testing.T) {
+	js, kv := defaultNATS(t)
+	ctx := context.Background()
+	old := &view.Employee{}
+	for _, e := range entries(t, 9, 0, 3, "low") {
+		old.Buckets[0] = append(old.Buckets[0], e)
+	}
+	for _, e := range entries(t, 9, 10, 2, "critical") {
+		old.Buckets[3] = append(old.Buckets[3], e)
+	}
+	whole, _ := old.MarshalJSON()
+	if _, err := kv.Put(ctx, "9", whole); err != nil {
+		t.Fatal(err)
+	}
+	if doc := checkDocument(t, js, "9", [4]int{3, 0, 0, 2}); string(doc) != string(whole) {
+		t.Fatalf("whole document read back as %s", doc)
+	}
+	if added, err := newPieces().fold(ctx, js, kv, "9", append(entries(t, 9, 0, 1, "low"), entries(t, 9, 50, 1, "medium")...)); err != nil || added != 1 {
+		t.Fatalf("fold into a whole document: %d added, %v", added, err)
+	}
+	checkDocument(t, js, "9", [4]int{3, 1, 0, 2})
+	if e, _ := kv.Get(ctx, "9"); !view.IsManifest(e.Value()) {
+		t.Fatalf("still a whole document after a change: %.60s", e.Value())
+	}
+}
+
+// TestConcurrentWritersAndReader: two projectors fold into one employee at
+// once; a reader never sees a document with an incident missing that an
+// earlier read showed, nor a broken one, and the end is exact.
+func TestConcurrentWritersAndReader(t *testing.T) {
+	js, kv := defaultNATS(t)
+	ctx := context.Background()
+	const per, batches = 400, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for w := range 2 {
+		ps := newPieces()
+		wg.Go(func() {
+			for b := range batches {
+				batch := entries(t, 5, (w*batches+b)*per, per, "medium")
+				for {
+					_, err := ps.fold(ctx, js, kv, "5", batch)
+					if err == errConflict {
+						continue
+					}
+					if err != nil {
+						errs <- err
+					}
+					break
+				}
+			}
+		})
+	}
+	done := make(chan struct{})
+	readerErr := make(chan error, 1)
+	go func() {
+		defer close(readerErr)
+		seen := 0
+		deadline := time.Now().Add(2 * time.Minute)
+		for time.Now().Before(deadline) {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			doc, err := Document(ctx, js, "5")
+			if err == ErrNoDocument {
+				continue
+			}
+			if err != nil {
+				readerErr <- err
+				return
+			}
+			c, err := view.Counts(doc)
+			if err != nil {
+				readerErr <- fmt.Errorf("a broken document: %v", err)
+				return
+			}
+			if c[1] < seen || c[1]%per != 0 {
+				readerErr <- fmt.Errorf("a half-updated document: %d incidents after %d", c[1], seen)
+				return
+			}
+			seen = c[1]
+		}
+	}()
+	wg.Wait()
+	close(done)
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := <-readerErr; err != nil {
+		t.Fatal(err)
+	}
+	checkDocument(t, js, "5", [4]int{0, 2 * per * batches, 0, 0})
+}
+
+// BenchmarkFoldIntoLargeDocument folds one new incident into an employee of
+// 20,000, as the projector does: the cost follows the piece, not the
+// document.
+func BenchmarkFoldIntoLargeDocument(b *testing.B) {
+	_, js := testkit.Connect(b, testkit.JetStream(b))
+	kv, _ := js.KeyValue(context.Background(), topology.BucketView)
+	p, _ := New(Options{JS: js, Registerer: prometheus.NewRegistry()})
+	ctx := context.Background()
+	for from := 0; from < 20_000; from += 2000 {
+		if _, err := p.pieces.fold(ctx, js, kv, "3", entries(b, 3, from, 2000, "low")); err != nil {
+			b.Fatal(err)
+		}
+	}
+	i := 0
+	b.ResetTimer()
+	for b.Loop() {
+		i++
+		if added, err := p.pieces.fold(ctx, js, kv, "3", entries(b, 3, 100_000+i, 1, "low")); err != nil || added != 1 {
+			b.Fatal(err)
+		}
+	}
+}
