@@ -160,10 +160,10 @@ func (e *Enricher) handle(ctx context.Context, msgs []jetstream.Msg) []stage.Out
 // enrich returns the messages that enrich one raw incident, or the outcome
 // of one that cannot be enriched.
 func (e *Enricher) enrich(m jetstream.Msg) ([]*nats.Msg, stage.Outcome) {
-	env, in, err := attribute(m.Subject(), m.Data(), e.ids)
+	id := m.Headers().Get(topology.HeaderMsgID)
+	env, in, err := attribute(m.Subject(), m.Data(), id, e.ids)
 	if err != nil {
-		id := m.Headers().Get(topology.HeaderMsgID)
-		return nil, stage.Rejected(string(env.Type), id, err)
+		return nil, stage.Rejected(string(env.Type), env.ID, err)
 	}
 	outcome := "attributed"
 	if env.EmployeeID == "" {
@@ -189,19 +189,23 @@ func (e *Enricher) enrich(m jetstream.Msg) ([]*nats.Msg, stage.Outcome) {
 	return msgs, stage.Done()
 }
 
-// attribute decodes a raw incident read from subject and resolves its
+// attribute decodes a raw incident read from subject, whose id the
+// producers computed (id; computed here when empty), and resolves its
 // employee: directly, or through ids; EmployeeID stays empty for an IP that
 // no identity covers. The error is an *incident.InvalidError.
-func attribute(subject string, data []byte, ids *identities) (envelope.Enriched, incident.Incident, error) {
+func attribute(subject string, data []byte, id string, ids *identities) (envelope.Enriched, incident.Incident, error) {
 	t, err := topology.TypeOfRawSubject(subject)
 	if err != nil {
 		return envelope.Enriched{}, incident.Incident{}, &incident.InvalidError{Reason: incident.ReasonUnknownType, Detail: err.Error()}
 	}
-	in, err := incident.Decode(t, data)
-	env := envelope.Enriched{ID: in.ID, Type: t, Incident: data}
+	in, err := incident.DecodeWithID(t, data, id)
 	if err != nil {
-		return env, in, err
+		if id == "" {
+			id = incident.ID(t, data)
+		}
+		return envelope.Enriched{ID: id, Type: t, Incident: data}, in, err
 	}
+	env := envelope.Enriched{ID: in.ID, Type: t, Incident: data}
 	if !in.Identity.IsIP() {
 		env.EmployeeID = in.Identity.EmployeeID
 		return env, in, nil

@@ -31,7 +31,7 @@ func TestAttribute(t *testing.T) {
 		{"incidents.raw.misuse", `{"priority":"low","priority":"high","employee_id":5,"timestamp":1}`, "", "", incident.ReasonDuplicateKey},
 	}
 	for _, tt := range tests {
-		env, _, err := attribute(tt.subject, []byte(tt.data), ids)
+		env, _, err := attribute(tt.subject, []byte(tt.data), "", ids)
 		if tt.reason != "" {
 			if incident.ReasonOf(err) != tt.reason {
 				t.Errorf("%s %s: err %v, want %s", tt.subject, tt.data, err, tt.reason)
@@ -54,7 +54,7 @@ func BenchmarkEnrich(b *testing.B) {
 	data := []byte(`{"priority":"high","internal_ip":"17.0.3.7","source_ip":"1.2.3.4","timestamp":1629254311.8207245}`)
 	b.ReportAllocs()
 	for b.Loop() {
-		env, _, err := attribute("incidents.raw.intrusion", data, ids)
+		env, _, err := attribute("incidents.raw.intrusion", data, "0123456789abcdef0123456789abcdef", ids)
 		if err != nil || env.EmployeeID == "" {
 			b.Fatal(err)
 		}

@@ -139,6 +139,10 @@ func TestStandaloneObservability(t *testing.T) {
 			t.Errorf("GET %s = %d %s %v", path, code, body, err)
 		}
 	}
+	// A request for one employee: its route, never its path, is the label.
+	if code, _, err := pipelinetest.Get(r.URL + "/incidents/325375"); code != http.StatusOK {
+		t.Fatalf("GET /incidents/325375 = %d %v", code, err)
+	}
 	_, metrics, err := pipelinetest.Get(r.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -160,7 +164,7 @@ func TestStandaloneObservability(t *testing.T) {
 			t.Errorf("%s not exposed", family)
 		}
 	}
-	if !strings.Contains(string(metrics), `route="/incidents"`) || strings.Contains(string(metrics), `route="/incidents/325375"`) {
+	if !strings.Contains(string(metrics), `route="/incidents/{employee_id}"`) || strings.Contains(string(metrics), `325375"`) {
 		t.Error("http_request_duration_seconds must be labelled by chi route pattern")
 	}
 	for name, want := range map[string]float64{"incidents_published_total": 2100, "incidents_view_incidents": 2100, "incidents_view_employees": 1722} {

@@ -16,8 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/simulator"
 	"github.com/incidentpipe/pipeline/internal/testkit"
+	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
 // natsCLI builds natscli at the version deploy/go.mod pins as a tool (the
@@ -148,6 +150,26 @@ func TestOperationsChapter(t *testing.T) {
 		t.Errorf("ops:replay-window replayed %d denial incidents to the scratch subject, want 300:\n%s", n, out)
 	}
 
+	// Lose one employee's document first, so that only a real rebuild
+	// (not the view frozen during it) brings the whole view back.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	nc, js, err := natsutil.Connect(ctx, natsutil.ConnectOptions{URL: "nats://" + natsListen, Name: t.Name()})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	kv, err := js.KeyValue(context.Background(), topology.BucketView)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(context.Background(), "325375"); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 20*time.Second, func() (bool, string) {
+		code, _ := get(p.api + "/incidents/325375")
+		return code == http.StatusNotFound, "the deleted document is still served"
+	})
 	out = run("rebuild-live", 60*time.Second)
 	mustContain("rebuild-live", out, "replayed 2100 of 2100 messages")
 	waitSame(t, p, before)

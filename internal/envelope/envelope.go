@@ -35,7 +35,8 @@ func Decode(data []byte) (Enriched, incident.Incident, error) {
 	if err := json.Unmarshal(data, &e); err != nil {
 		return Enriched{}, incident.Incident{}, &incident.InvalidError{Reason: incident.ReasonInvalidEnvelope, Detail: err.Error()}
 	}
-	in, err := incident.Decode(e.Type, e.Incident)
+	// The id came with the envelope: validated, not hashed again.
+	in, err := incident.DecodeWithID(e.Type, e.Incident, e.ID)
 	if err != nil {
 		return e, incident.Incident{}, err
 	}

@@ -79,6 +79,16 @@ type Incident struct {
 // Decode parses and validates one upstream incident of type t.
 // The error is an *InvalidError saying why the incident is refused.
 func Decode(t Type, raw []byte) (Incident, error) {
+	in, err := decode(t, raw)
+	if err != nil {
+		return Incident{}, err
+	}
+	in.ID = idOfFields(t, in.Fields)
+	return in, nil
+}
+
+// decode validates an incident without computing its id.
+func decode(t Type, raw []byte) (Incident, error) {
 	if _, err := ParseType(string(t)); err != nil {
 		return Incident{}, invalid(ReasonUnknownType, "%v", err)
 	}
@@ -123,8 +133,33 @@ func Decode(t Type, raw []byte) (Incident, error) {
 	case !haveIdentity:
 		return Incident{}, invalid(ReasonMissingIdentity, "%s is missing", idField)
 	}
-	in.ID = idOfFields(t, fields)
 	return in, nil
+}
+
+// DecodeWithID is Decode for an incident whose canonical id travelled with
+// it (the producers computed it once, as Nats-Msg-Id; the enricher carries
+// it on): it validates without hashing again. Where id is not an id, it is
+// computed.
+func DecodeWithID(t Type, raw []byte, id string) (Incident, error) {
+	if !isID(id) {
+		return Decode(t, raw)
+	}
+	in, err := decode(t, raw)
+	in.ID = id
+	return in, err
+}
+
+// isID reports whether s has the form of an ID: 32 lowercase hex digits.
+func isID(s string) bool {
+	if len(s) != 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !('0' <= s[i] && s[i] <= '9' || 'a' <= s[i] && s[i] <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // MaxDepth is the deepest nesting of objects and arrays an incident may

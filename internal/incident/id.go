@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"sort"
+	"strconv"
 )
 
 // ID returns the canonical id of an incident of type t: a hash of the type
@@ -161,13 +162,67 @@ func writeCanonicalValue(b *bytes.Buffer, v any) {
 	}
 }
 
-// canonicalNumber drops trailing zeros of a plain decimal fraction, so that
-// 1.50 and 1.5 are the same content. Numbers with an exponent stay as they
-// are; normalising them exactly would cost more than it buys.
+// canonicalNumber writes a number so that equal decimal values are the same
+// content: 1.50 and 1.5, 10 and 1e1 and 1.0E+1. A number with an exponent
+// becomes plain decimal (unless the exponent is beyond ±maxExponent, when
+// it stays as it is); a fraction loses its trailing zeros. Numbers without
+// an exponent keep the form earlier versions hashed, so ids do not change.
 func canonicalNumber(s []byte) []byte {
-	if bytes.ContainsAny(s, "eE") || !bytes.Contains(s, []byte(".")) {
+	if i := bytes.IndexAny(s, "eE"); i >= 0 {
+		plain, ok := plainDecimal(s[:i], s[i+1:])
+		if !ok {
+			return s
+		}
+		s = plain
+	}
+	if !bytes.Contains(s, []byte(".")) {
 		return s
 	}
 	s = bytes.TrimRight(s, "0")
 	return bytes.TrimSuffix(s, []byte("."))
+}
+
+// maxExponent bounds the exponents written out in full.
+const maxExponent = 400
+
+// plainDecimal writes mantissa × 10^exponent (a valid JSON number's parts)
+// without an exponent.
+func plainDecimal(mantissa, exponent []byte) ([]byte, bool) {
+	x, err := strconv.Atoi(string(exponent))
+	if err != nil || x > maxExponent || x < -maxExponent {
+		return nil, false
+	}
+	neg := mantissa[0] == '-'
+	if neg {
+		mantissa = mantissa[1:]
+	}
+	whole, frac, _ := bytes.Cut(mantissa, []byte("."))
+	digits := append(append([]byte{}, whole...), frac...)
+	point := len(whole) + x // digits before the decimal point
+	var out []byte
+	if neg {
+		out = append(out, '-')
+	}
+	switch {
+	case point <= 0:
+		out = append(out, "0."...)
+		out = append(out, bytes.Repeat([]byte("0"), -point)...)
+		out = append(out, digits...)
+	case point >= len(digits):
+		out = append(out, digits...)
+		out = append(out, bytes.Repeat([]byte("0"), point-len(digits))...)
+	default:
+		out = append(out, digits[:point]...)
+		out = append(out, '.')
+		out = append(out, digits[point:]...)
+	}
+	// Leading zeros of the whole part (0012 from 0.012e3) go.
+	start := 0
+	if neg {
+		start = 1
+	}
+	for start+1 < len(out) && out[start] == '0' && out[start+1] != '.' {
+		out = append(out[:start], out[start+1:]...)
+	}
+	return out, true
 }

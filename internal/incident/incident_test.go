@@ -196,3 +196,15 @@ func BenchmarkID(b *testing.B) {
 		_ = ID(Denial, raw)
 	}
 }
+
+func TestCanonicalNumber(t *testing.T) {
+	for in, want := range map[string]string{
+		"10": "10", "1e1": "10", "1.0E+1": "10", "1.5e3": "1500", "1.50": "1.5", "2.500": "2.5",
+		"15E-3": "0.015", "-1.2e-1": "-0.12", "0e5": "0", "0.012e3": "12", "1e999": "1e999",
+		"1629254311.8207245": "1629254311.8207245", "-7": "-7",
+	} {
+		if got := string(canonicalNumber([]byte(in))); got != want {
+			t.Errorf("canonicalNumber(%s) = %s, want %s", in, got, want)
+		}
+	}
+}

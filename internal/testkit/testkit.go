@@ -133,11 +133,13 @@ func FreeAddr(t testing.TB) string {
 // StreamMsgs returns how many messages a stream holds.
 func StreamMsgs(t testing.TB, js jetstream.JetStream, stream string) uint64 {
 	t.Helper()
-	s, err := js.Stream(context.Background(), stream)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, err := s.Info(context.Background())
+	info, err := s.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -203,23 +203,30 @@ func TestCrossHostRefusalIsNotCalledCredentials(t *testing.T) {
 }
 
 func TestUserInfoInURLBecomesCredentials(t *testing.T) {
+	const password = "s3cret-in-the-url"
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if u, p, ok := r.BasicAuth(); !ok || u != "u" || p != "p" {
+		if u, p, ok := r.BasicAuth(); !ok || u != "u" || p != password {
 			http.Error(w, "no", http.StatusUnauthorized)
 			return
 		}
 		fmt.Fprint(w, `{}`)
 	}))
 	defer hs.Close()
-	c, err := New(Options{BaseURL: strings.Replace(hs.URL, "http://", "http://u:p@", 1)})
+	c, err := New(Options{BaseURL: strings.Replace(hs.URL, "http://", "http://u:"+password+"@", 1), Retry: fastRetry()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.Identities(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(c.base.String(), "p@") {
-		t.Errorf("base URL keeps the password: %s", c.base.Redacted())
+	if c.base.User != nil || strings.Contains(c.base.String(), password) {
+		t.Errorf("base URL keeps the credentials: %s", c.base.Redacted())
+	}
+	// Nor does an error name them.
+	hs.Close()
+	_, err = c.Identities(context.Background())
+	if err == nil || strings.Contains(err.Error(), password) {
+		t.Errorf("error %v", err)
 	}
 }
 

@@ -29,7 +29,9 @@ func TestEmployeeFoldSortsAndDedups(t *testing.T) {
 		{"reversed", []string{"3", "2", "1"}, "1,2,3", 3},
 		{"duplicates", []string{"2", "1", "2", "1"}, "1,2", 2},
 		{"same value other digits", []string{"2.5", "1", "2.50"}, "1,2.5", 2},
-		{"integer and float", []string{"10", "9.99", "1e1"}, "9.99,10,1e1", 3},
+		// Equal values are the same content, however written (README).
+		{"exponent and plain", []string{"10", "9.99", "1e1", "1.0E+1", "0.1e2"}, "9.99,10", 2},
+		{"negative exponent", []string{"0.015", "1.5e-2", "15E-3"}, "0.015", 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,88 @@
+package projector
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/envelope"
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/testkit"
+	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/view"
+)
+
+// TestProjectAndRebuild: enriched incidents become documents; a live
+// rebuild gives the same documents, and a lost one back.
+func TestProjectAndRebuild(t *testing.T) {
+	_, js := testkit.Connect(t, testkit.JetStream(t))
+	ctx := context.Background()
+	for i := range 300 {
+		emp := fmt.Sprint(1 + i%3)
+		raw := fmt.Appendf(nil, `{"priority":%q,"employee_id":%s,"timestamp":%d}`, incident.Priorities()[i%4], emp, i)
+		env := envelope.Enriched{ID: incident.ID(incident.Misuse, raw), Type: incident.Misuse, EmployeeID: emp, Incident: raw}
+		b, _ := env.Encode()
+		m := nats.NewMsg(topology.EnrichedSubject(emp))
+		m.Data = b
+		// Each twice: folding is idempotent.
+		for range 2 {
+			if _, err := js.PublishMsg(ctx, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	p, err := New(Options{JS: js, Batch: 50, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(rctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	docs := map[string][]byte{}
+	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
+		for _, emp := range []string{"1", "2", "3"} {
+			d, err := Document(ctx, js, emp)
+			if err != nil {
+				return false, err.Error()
+			}
+			var n int
+			for _, c := range mustCounts(t, d) {
+				n += c
+			}
+			if n != 100 {
+				return false, fmt.Sprintf("employee %s has %d incidents", emp, n)
+			}
+			docs[emp] = d
+		}
+		return true, ""
+	})
+	kv, _ := js.KeyValue(ctx, topology.BucketView)
+	if err := kv.Delete(ctx, "2"); err != nil {
+		t.Fatal(err)
+	}
+	rb, rbCancel := context.WithTimeout(ctx, time.Minute)
+	defer rbCancel()
+	if err := Rebuild(rb, js, RebuildOptions{Projector: Options{Registerer: prometheus.NewRegistry()}}); err != nil {
+		t.Fatal(err)
+	}
+	for emp, want := range docs {
+		got, err := Document(ctx, js, emp)
+		if err != nil || string(got) != string(want) {
+			t.Errorf("employee %s after the rebuild: %v\n%.200s\nwant\n%.200s", emp, err, got, want)
+		}
+	}
+}
+
+func mustCounts(t *testing.T, doc []byte) [4]int {
+	t.Helper()
+	c, err := view.Counts(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
