@@ -96,12 +96,7 @@ func (e *Enricher) Run(ctx context.Context) error {
 	}
 	e.log.Info("identities loaded", "count", e.ids.len())
 
-	var cons jetstream.Consumer
-	err = topology.Retry(ctx, e.log, "ensuring consumer", func(ctx context.Context) error {
-		c, err := topology.EnsureConsumer(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer())
-		cons = c
-		return err
-	})
+	cons, err := topology.AwaitConsumer(ctx, e.log, e.js, topology.StreamRaw, topology.EnricherConsumer())
 	if err != nil {
 		return err
 	}

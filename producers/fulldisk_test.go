@@ -1,14 +1,12 @@
 package producers
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,23 +20,6 @@ import (
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/upstream"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestFullStoreStallsVisiblyAndResumes: with JetStream out of storage, the
 // producers keep polling, say once that they are stalled (log line, gauge,
@@ -61,7 +42,7 @@ func TestFullStoreStallsVisiblyAndResumes(t *testing.T) {
 	sim.SetIncidents(incident.Misuse, items)
 	free := testkit.FillStore(t, js)
 
-	logs := &lockedBuffer{}
+	logs := &testkit.SyncBuffer{}
 	reg := prometheus.NewRegistry()
 	p, err := New(Options{Upstream: c, JS: js, Interval: 100 * time.Millisecond, Types: []incident.Type{incident.Misuse},
 		Logger: slog.New(slog.NewTextHandler(logs, nil)), Registerer: reg})

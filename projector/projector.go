@@ -84,12 +84,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
 	}
-	var cons jetstream.Consumer
-	err = topology.Retry(ctx, p.log, "ensuring consumer", func(ctx context.Context) error {
-		c, err := topology.EnsureConsumer(ctx, p.js, topology.StreamEnriched, topology.ProjectorConsumer())
-		cons = c
-		return err
-	})
+	cons, err := topology.AwaitConsumer(ctx, p.log, p.js, topology.StreamEnriched, topology.ProjectorConsumer())
 	if err != nil {
 		return err
 	}

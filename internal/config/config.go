@@ -102,6 +102,16 @@ func settings() []setting {
 			return nil
 		}
 	}
+	atLeast := func(least int64, dst func(*Config) *int64) func(*Config, string) error {
+		return func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < least {
+				return fmt.Errorf("must be a number of bytes, at least %d", least)
+			}
+			*dst(c) = n
+			return nil
+		}
+	}
 	bytes := func(dst func(*Config) *int64) func(*Config, string) error {
 		return func(c *Config, v string) error {
 			n, err := strconv.ParseInt(v, 10, 64)
@@ -131,22 +141,8 @@ func settings() []setting {
 		{"UPSTREAM_USER", "", "upstream basic-auth user (or UPSTREAM_USER_FILE)", str(func(c *Config) *string { return &c.UpstreamUser })},
 		{"UPSTREAM_PASSWORD", "", "upstream basic-auth password (or UPSTREAM_PASSWORD_FILE)", func(c *Config, v string) error { c.UpstreamPassword = Secret(v); return nil }},
 		{"UPSTREAM_TIMEOUT", "30s", "timeout of one upstream request", dur(func(c *Config) *time.Duration { return &c.UpstreamTimeout })},
-		{"UPSTREAM_MAX_BODY", "67108864", "largest upstream response body accepted, in bytes", func(c *Config, v string) error {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n < 1024 {
-				return errors.New("must be a number of bytes, at least 1024")
-			}
-			c.UpstreamMaxBody = n
-			return nil
-		}},
-		{"UPSTREAM_MAX_IN_FLIGHT", "268435456", "response bytes all upstream requests may hold at once (at least UPSTREAM_MAX_BODY)", func(c *Config, v string) error {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n < 1<<20 {
-				return errors.New("must be a number of bytes, at least 1048576")
-			}
-			c.UpstreamMaxInFlight = n
-			return nil
-		}},
+		{"UPSTREAM_MAX_BODY", "67108864", "largest upstream response body accepted, in bytes", atLeast(1024, func(c *Config) *int64 { return &c.UpstreamMaxBody })},
+		{"UPSTREAM_MAX_IN_FLIGHT", "268435456", "response bytes all upstream requests may hold at once (at least UPSTREAM_MAX_BODY)", atLeast(1<<20, func(c *Config) *int64 { return &c.UpstreamMaxInFlight })},
 		{"POLL_MAX_PAGES", "10000", "pages one poll of a type reads at most; the next poll goes on from there", func(c *Config, v string) error {
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 1 {
@@ -155,14 +151,7 @@ func settings() []setting {
 			c.PollMaxPages = n
 			return nil
 		}},
-		{"POLL_MAX_BYTES", "1073741824", "response bytes one poll of a type reads at most; the next poll goes on from there", func(c *Config, v string) error {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n < 1024 {
-				return errors.New("must be a number of bytes, at least 1024")
-			}
-			c.PollMaxBytes = n
-			return nil
-		}},
+		{"POLL_MAX_BYTES", "1073741824", "response bytes one poll of a type reads at most; the next poll goes on from there", atLeast(1024, func(c *Config) *int64 { return &c.PollMaxBytes })},
 		{"POLL_MAX_TIME", "10m", "how long one poll of a type reads pages at most; the next poll goes on from there", dur(func(c *Config) *time.Duration { return &c.PollMaxTime })},
 		{"POLL_INTERVAL", "1m", "how often each incident type and the identities are polled", dur(func(c *Config) *time.Duration { return &c.PollInterval })},
 		{"API_ADDR", "", "address of the HTTP API (and /metrics in standalone); default 127.0.0.1:9000, or :9000 with API_TOKENS_FILE", str(func(c *Config) *string { return &c.APIAddr })},

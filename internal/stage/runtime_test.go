@@ -1,7 +1,6 @@
 package stage_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -171,7 +170,7 @@ func TestInfrastructureFailuresNeverDeadLetter(t *testing.T) {
 		return out
 	}
 	reg := prometheus.NewRegistry()
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	o := options(js, reg, log)
 	o.MaxFailures = 2
@@ -296,21 +295,4 @@ func (g gathered) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	g.t.Fatalf("no sample of %s{kind=%q}", g.name, g.label)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

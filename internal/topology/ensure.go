@@ -234,3 +234,15 @@ func IsConfigError(err error) bool {
 	}
 	return errors.Is(err, nats.ErrPermissionViolation) || errors.Is(err, nats.ErrAuthorization)
 }
+
+// AwaitConsumer is EnsureConsumer retried (see Retry) until the server can
+// take it: what a stage does at start.
+func AwaitConsumer(ctx context.Context, log *slog.Logger, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	var cons jetstream.Consumer
+	err := Retry(ctx, log, "ensuring consumer "+cfg.Durable, func(ctx context.Context) error {
+		c, err := EnsureConsumer(ctx, js, stream, cfg)
+		cons = c
+		return err
+	})
+	return cons, err
+}
