@@ -99,7 +99,7 @@ func New(o Options) (*API, error) {
 	r := chi.NewRouter()
 	r.Use(m.instrument, recoverer(log))
 	if o.RateLimit > 0 {
-		r.Use(newClientLimiter(o.RateLimit).middleware)
+		r.Use(rateLimit(o.RateLimit))
 	}
 	r.Use(middleware.GetHead)
 	r.Get("/healthz", o.Health.Live)
