@@ -318,3 +318,33 @@ func TestBytesInFlightBounded(t *testing.T) {
 		t.Errorf("the heap grew by %d MiB while reading, budget %d MiB", grown>>20, budget>>20)
 	}
 }
+
+// TestRetryAfterHonoured: a 429 or 503 with Retry-After is retried after
+// the wait the upstream asked for (within MaxDelay), not the backoff's.
+func TestRetryAfterHonoured(t *testing.T) {
+	var calls atomic.Int32
+	var first time.Time
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			first = time.Now()
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+			return
+		}
+		fmt.Fprint(w, `{"10.0.0.1": 1}`)
+	}))
+	defer hs.Close()
+	c, _ := New(Options{BaseURL: hs.URL, Retry: RetryPolicy{MaxAttempts: 2, BaseDelay: time.Millisecond, MaxDelay: 5 * time.Second}})
+	if _, err := c.Identities(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(first); waited < 900*time.Millisecond {
+		t.Errorf("retried after %s; the upstream asked for 1s", waited)
+	}
+	for h, want := range map[string]time.Duration{"": 0, "3": 3 * time.Second, "-1": 0, "soon": 0, "999999999": 24 * time.Hour,
+		time.Unix(1000, 0).UTC().Format(http.TimeFormat): 10 * time.Second} {
+		if got := retryAfter(h, time.Unix(990, 0)); got != want {
+			t.Errorf("retryAfter(%q) = %s, want %s", h, got, want)
+		}
+	}
+}

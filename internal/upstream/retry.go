@@ -7,11 +7,16 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"strconv"
 	"time"
 )
 
 // RetryPolicy bounds the retries of one upstream request: exponential backoff
-// with full jitter, at most MaxAttempts tries and MaxElapsed in all.
+// with full jitter, at most MaxAttempts tries and MaxElapsed in all, and
+// the upstream's Retry-After where it sends one. (Written here rather than
+// with cenkalti/backoff: the loop is twenty lines, and what it must decide,
+// which failures are permanent, a refused credential, a body that does not
+// decode, a full in-flight budget, is ours either way.)
 type RetryPolicy struct {
 	MaxAttempts int           // default 5
 	MaxElapsed  time.Duration // default 2m
@@ -45,7 +50,26 @@ func (p RetryPolicy) delay(attempt int) time.Duration {
 }
 
 // StatusError is a non-2xx answer.
-type StatusError struct{ Code int }
+type StatusError struct {
+	Code int
+	// RetryAfter is how long the upstream asked to wait (Retry-After on a
+	// 429 or 503), zero when it did not say.
+	RetryAfter time.Duration
+}
+
+// retryAfter reads a Retry-After header: seconds, or an HTTP date.
+func retryAfter(h string, now time.Time) time.Duration {
+	if h == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(h); err == nil && s >= 0 {
+		return time.Duration(min(s, 86400)) * time.Second
+	}
+	if t, err := http.ParseTime(h); err == nil && t.After(now) {
+		return min(t.Sub(now), 24*time.Hour)
+	}
+	return 0
+}
 
 func (e *StatusError) Error() string {
 	return fmt.Sprintf("upstream answered %d %s", e.Code, http.StatusText(e.Code))
@@ -85,6 +109,12 @@ func (c *Client) do(ctx context.Context, endpoint, url string, decode func([]byt
 			return fmt.Errorf("giving up after %d attempts: %w", attempt, err)
 		}
 		wait := c.retry.delay(attempt)
+		// The upstream's own Retry-After wins over the backoff, within
+		// MaxDelay (and MaxElapsed, below).
+		var se *StatusError
+		if errors.As(err, &se) && se.RetryAfter > 0 {
+			wait = min(se.RetryAfter, c.retry.MaxDelay)
+		}
 		if time.Since(start)+wait > c.retry.MaxElapsed {
 			return fmt.Errorf("giving up after %d attempts in %s: %w", attempt, time.Since(start).Round(time.Millisecond), err)
 		}
@@ -118,13 +148,13 @@ func (c *Client) once(ctx context.Context, endpoint, url string, decode func([]b
 	case (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) && !sameOrigin(resp.Request.URL, c.base):
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
 		return permanent{fmt.Errorf("the upstream redirected to another host, %s, which answered %w (credentials are never sent to another host)",
-			resp.Request.URL.Host, &StatusError{resp.StatusCode})}
+			resp.Request.URL.Host, &StatusError{Code: resp.StatusCode})}
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		return permanent{fmt.Errorf("%w: %w", ErrUnauthorized, &StatusError{resp.StatusCode})}
+		return permanent{fmt.Errorf("%w: %w", ErrUnauthorized, &StatusError{Code: resp.StatusCode})}
 	case resp.StatusCode < 200 || resp.StatusCode > 299:
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		se := &StatusError{resp.StatusCode}
+		se := &StatusError{Code: resp.StatusCode, RetryAfter: retryAfter(resp.Header.Get("Retry-After"), time.Now())}
 		if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout {
 			return se
 		}
