@@ -28,7 +28,19 @@ type pieces struct {
 	mu    sync.Mutex
 	cache map[string][]view.Entry
 	bytes int
+	// manifests are the manifests this projector last read or wrote, with
+	// their revision: a fold starts from one without reading it again; a
+	// stale one fails its compare-and-set and is read afresh.
+	manifests map[string]known
 }
+
+type known struct {
+	m   *view.Manifest
+	rev uint64
+}
+
+// maxManifests bounds the manifests kept.
+const maxManifests = 100_000
 
 // maxCacheBytes bounds the decoded pieces kept.
 const maxCacheBytes = 64 << 20
@@ -36,7 +48,7 @@ const maxCacheBytes = 64 << 20
 func newPieces() *pieces {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
-	return &pieces{nonce: hex.EncodeToString(b), cache: map[string][]view.Entry{}}
+	return &pieces{nonce: hex.EncodeToString(b), cache: map[string][]view.Entry{}, manifests: map[string]known{}}
 }
 
 // newKey is a fresh piece key of employee.
@@ -94,8 +106,17 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 	// The pieces that change, by index in m.Pieces (-1-p: a new piece of
 	// priority p).
 	changed := map[int][]view.Entry{}
-	entry, err := kv.Get(ctx, employee)
+	ps.mu.Lock()
+	k, cached := ps.manifests[employee]
+	ps.mu.Unlock()
+	var entry jetstream.KeyValueEntry
+	var err error
+	if !cached {
+		entry, err = kv.Get(ctx, employee)
+	}
 	switch {
+	case cached:
+		m, rev = k.m, k.rev
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		m = &view.Manifest{}
 	case err != nil:
@@ -133,6 +154,7 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			// Another writer replaced the manifest and removed the piece
 			// since it was read: start over from the new one.
+			ps.forgetManifest(employee)
 			return nil, errConflict
 		}
 		return list, err
@@ -167,6 +189,12 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 		added++
 	}
 	if added == 0 {
+		if cached {
+			// Nothing new by a manifest this projector remembers: make
+			// sure by the stored one (a rebuild may have emptied the view).
+			ps.forgetManifest(employee)
+			return ps.fold(ctx, js, kv, employee, entries)
+		}
 		return 0, nil
 	}
 
@@ -207,23 +235,52 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 		ps.discard(ctx, kv, written)
 		return 0, fmt.Errorf("writing pieces of %s: %w", employee, err)
 	}
+	var newRev uint64
 	if rev == 0 {
-		_, err = kv.Create(ctx, employee, next.Encode())
+		newRev, err = kv.Create(ctx, employee, next.Encode())
 	} else {
-		_, err = kv.Update(ctx, employee, next.Encode(), rev)
+		newRev, err = kv.Update(ctx, employee, next.Encode(), rev)
 	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
+		ps.forgetManifest(employee)
 		ps.discard(ctx, kv, written)
 		return 0, errConflict
 	}
 	if err != nil {
 		// The manifest may or may not be stored: keep the pieces (a
 		// retry reads the manifest again).
+		ps.forgetManifest(employee)
 		return 0, fmt.Errorf("writing view %s: %w", employee, err)
 	}
-	// The old pieces are no longer named by any manifest.
-	ps.discard(ctx, kv, replaced)
+	ps.mu.Lock()
+	if len(ps.manifests) >= maxManifests {
+		clear(ps.manifests)
+	}
+	ps.manifests[employee] = known{m: next, rev: newRev}
+	ps.mu.Unlock()
+	// The old pieces are no longer named by any manifest: purge them
+	// without waiting (a leftover piece costs space, never correctness).
+	ps.forget(replaced)
+	for _, key := range replaced {
+		msg := nats.NewMsg("$KV." + topology.BucketView + "." + key)
+		msg.Header.Set("KV-Operation", "PURGE")
+		msg.Header.Set("Nats-Rollup", "sub")
+		_, _ = js.PublishMsgAsync(msg)
+	}
 	return added, nil
+}
+
+func (ps *pieces) forgetManifest(employee string) {
+	ps.mu.Lock()
+	delete(ps.manifests, employee)
+	ps.mu.Unlock()
+}
+
+// isWrongLastSequence reports JetStream refusing an update whose expected
+// revision is no longer the key's last (another writer came first).
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
 }
 
 // discard deletes pieces no manifest names (best effort: a leftover piece
