@@ -84,10 +84,7 @@ func (p *Projector) apply(ctx context.Context, kv jetstream.KeyValue, pl *plan) 
 // applyEmployee folds a plan into an employee's pieces, trying again from
 // the manifest when another writer changed it first.
 func (p *Projector) applyEmployee(ctx context.Context, kv jetstream.KeyValue, pl *plan) error {
-	entries := make([]view.Entry, len(pl.ops))
-	for i, o := range pl.ops {
-		entries[i] = view.EntryOf(o.in)
-	}
+	entries := entriesOf(pl)
 	for range maxConflicts {
 		added, err := p.pieces.fold(ctx, p.js, kv, pl.key, entries)
 		if errors.Is(err, errConflict) {
@@ -132,4 +129,13 @@ func foldUnattributed(pl *plan, data []byte) ([]byte, int, error) {
 	}
 	out, err := doc.MarshalJSON()
 	return out, added, err
+}
+
+// entriesOf returns the view entries of an employee plan's incidents.
+func entriesOf(pl *plan) []view.Entry {
+	entries := make([]view.Entry, len(pl.ops))
+	for i, o := range pl.ops {
+		entries[i] = view.EntryOf(o.in)
+	}
+	return entries
 }

@@ -98,9 +98,127 @@ func (ps *pieces) forget(keys []string) {
 // errConflict is another writer changing the manifest first.
 var errConflict = errors.New("the manifest changed meanwhile")
 
+// change is a fold of some incidents into one employee's document, ready
+// to be written: new pieces first, then the manifest by compare-and-set.
+type change struct {
+	employee string
+	rev      uint64 // the manifest's revision it builds on (0: none)
+	next     *view.Manifest
+	writes   []*nats.Msg // the new pieces
+	written  []string    // their keys
+	replaced []string    // the pieces the new manifest no longer names
+	added    int
+}
+
 // fold adds entries to employee's document in one compare-and-set of its
 // manifest; it returns how many it added (the rest were there already).
 func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, employee string, entries []view.Entry) (int, error) {
+	c, err := ps.prepare(ctx, kv, employee, entries)
+	if err != nil || c == nil {
+		return 0, err
+	}
+	if _, err := stage.PublishAll(ctx, js, c.writes); err != nil {
+		ps.purge(js, c.written)
+		return 0, fmt.Errorf("writing pieces of %s: %w", employee, err)
+	}
+	var newRev uint64
+	if c.rev == 0 {
+		newRev, err = kv.Create(ctx, employee, c.next.Encode())
+	} else {
+		newRev, err = kv.Update(ctx, employee, c.next.Encode(), c.rev)
+	}
+	if err := ps.settle(js, c, newRev, err); err != nil {
+		return 0, err
+	}
+	return c.added, nil
+}
+
+// settle records the outcome of writing c's manifest: on success the
+// manifest is remembered and the replaced pieces purged; on a conflict the
+// new pieces are (errConflict).
+func (ps *pieces) settle(js jetstream.JetStream, c *change, newRev uint64, err error) error {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
+		ps.forgetManifest(c.employee)
+		ps.purge(js, c.written)
+		return errConflict
+	}
+	if err != nil {
+		// The manifest may or may not be stored: keep the pieces (a
+		// retry reads the manifest again).
+		ps.forgetManifest(c.employee)
+		return fmt.Errorf("writing view %s: %w", c.employee, err)
+	}
+	ps.mu.Lock()
+	if len(ps.manifests) >= maxManifests {
+		clear(ps.manifests)
+	}
+	ps.manifests[c.employee] = known{m: c.next, rev: newRev}
+	ps.mu.Unlock()
+	// The old pieces are no longer named by any manifest.
+	ps.purge(js, c.replaced)
+	return nil
+}
+
+// purge removes pieces without waiting (a leftover piece costs space,
+// never correctness).
+func (ps *pieces) purge(js jetstream.JetStream, keys []string) {
+	ps.forget(keys)
+	for _, key := range keys {
+		msg := nats.NewMsg("$KV." + topology.BucketView + "." + key)
+		msg.Header.Set("KV-Operation", "PURGE")
+		msg.Header.Set("Nats-Rollup", "sub")
+		_, _ = js.PublishMsgAsync(msg)
+	}
+}
+
+// commit writes changes of many employees together: all their pieces in
+// one go, then all their manifests, each a compare-and-set by the
+// revision it builds on. It returns each change's error, errConflict where
+// another writer came first.
+func (ps *pieces) commit(ctx context.Context, js jetstream.JetStream, changes []*change) []error {
+	errs := make([]error, len(changes))
+	var writes []*nats.Msg
+	var owner []int
+	for i, c := range changes {
+		for _, w := range c.writes {
+			writes = append(writes, w)
+			owner = append(owner, i)
+		}
+	}
+	res, _ := stage.PublishAll(ctx, js, writes)
+	for j, r := range res {
+		if i := owner[j]; r.Err != nil && errs[i] == nil {
+			errs[i] = fmt.Errorf("writing pieces of %s: %w", changes[i].employee, r.Err)
+		}
+	}
+	var manifests []*nats.Msg
+	owner = owner[:0]
+	for i, c := range changes {
+		if errs[i] != nil {
+			ps.forgetManifest(c.employee)
+			ps.purge(js, c.written)
+			continue
+		}
+		msg := nats.NewMsg("$KV." + topology.BucketView + "." + c.employee)
+		msg.Data = c.next.Encode()
+		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(c.rev, 10))
+		manifests = append(manifests, msg)
+		owner = append(owner, i)
+	}
+	res, _ = stage.PublishAll(ctx, js, manifests)
+	for j, r := range res {
+		var rev uint64
+		if r.Ack != nil {
+			rev = r.Ack.Sequence
+		}
+		errs[owner[j]] = ps.settle(js, changes[owner[j]], rev, r.Err)
+	}
+	return errs
+}
+
+// prepare folds entries into employee's document in memory; it returns nil
+// when they are all there already.
+func (ps *pieces) prepare(ctx context.Context, kv jetstream.KeyValue, employee string, entries []view.Entry) (*change, error) {
 	var m *view.Manifest
 	var rev uint64
 	// The pieces that change, by index in m.Pieces (-1-p: a new piece of
@@ -120,11 +238,11 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		m = &view.Manifest{}
 	case err != nil:
-		return 0, fmt.Errorf("reading view %s: %w", employee, err)
+		return nil, fmt.Errorf("reading view %s: %w", employee, err)
 	case view.IsManifest(entry.Value()):
 		rev = entry.Revision()
 		if m, err = view.ParseManifest(entry.Value()); err != nil {
-			return 0, fmt.Errorf("view %s: %w", employee, err)
+			return nil, fmt.Errorf("view %s: %w", employee, err)
 		}
 	default:
 		// A whole document of an earlier version: its incidents become
@@ -132,7 +250,7 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 		rev = entry.Revision()
 		d, err := view.ParseEmployee(entry.Value())
 		if err != nil {
-			return 0, fmt.Errorf("view %s: %w", employee, err)
+			return nil, fmt.Errorf("view %s: %w", employee, err)
 		}
 		m = &view.Manifest{}
 		for p, list := range d.Buckets {
@@ -167,7 +285,7 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 		for i := from; i < to && !dup; i++ {
 			list, err := get(i)
 			if err != nil {
-				return 0, err
+				return nil, err
 			}
 			dup = containsID(list, e.ID)
 		}
@@ -176,7 +294,7 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 		}
 		list, err := get(insert)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		if dup || (insert < 0 && containsID(list, e.ID)) {
 			continue
@@ -193,9 +311,9 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 			// Nothing new by a manifest this projector remembers: make
 			// sure by the stored one (a rebuild may have emptied the view).
 			ps.forgetManifest(employee)
-			return ps.fold(ctx, js, kv, employee, entries)
+			return ps.prepare(ctx, kv, employee, entries)
 		}
-		return 0, nil
+		return nil, nil
 	}
 
 	// The new manifest: unchanged pieces keep their keys; changed ones
@@ -231,43 +349,7 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 			emit(p, list)
 		}
 	}
-	if _, err := stage.PublishAll(ctx, js, writes); err != nil {
-		ps.discard(ctx, kv, written)
-		return 0, fmt.Errorf("writing pieces of %s: %w", employee, err)
-	}
-	var newRev uint64
-	if rev == 0 {
-		newRev, err = kv.Create(ctx, employee, next.Encode())
-	} else {
-		newRev, err = kv.Update(ctx, employee, next.Encode(), rev)
-	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
-		ps.forgetManifest(employee)
-		ps.discard(ctx, kv, written)
-		return 0, errConflict
-	}
-	if err != nil {
-		// The manifest may or may not be stored: keep the pieces (a
-		// retry reads the manifest again).
-		ps.forgetManifest(employee)
-		return 0, fmt.Errorf("writing view %s: %w", employee, err)
-	}
-	ps.mu.Lock()
-	if len(ps.manifests) >= maxManifests {
-		clear(ps.manifests)
-	}
-	ps.manifests[employee] = known{m: next, rev: newRev}
-	ps.mu.Unlock()
-	// The old pieces are no longer named by any manifest: purge them
-	// without waiting (a leftover piece costs space, never correctness).
-	ps.forget(replaced)
-	for _, key := range replaced {
-		msg := nats.NewMsg("$KV." + topology.BucketView + "." + key)
-		msg.Header.Set("KV-Operation", "PURGE")
-		msg.Header.Set("Nats-Rollup", "sub")
-		_, _ = js.PublishMsgAsync(msg)
-	}
-	return added, nil
+	return &change{employee: employee, rev: rev, next: next, writes: writes, written: written, replaced: replaced, added: added}, nil
 }
 
 func (ps *pieces) forgetManifest(employee string) {
@@ -281,15 +363,6 @@ func (ps *pieces) forgetManifest(employee string) {
 func isWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
-}
-
-// discard deletes pieces no manifest names (best effort: a leftover piece
-// costs space, never correctness).
-func (ps *pieces) discard(ctx context.Context, kv jetstream.KeyValue, keys []string) {
-	ps.forget(keys)
-	for _, k := range keys {
-		_ = kv.Purge(ctx, k)
-	}
 }
 
 func containsID(list []view.Entry, id string) bool {

@@ -244,3 +244,50 @@ func BenchmarkFoldIntoLargeDocument(b *testing.B) {
 		}
 	}
 }
+
+// TestCommitConflict: two projectors prepare changes of one employee from
+// the same manifest and write them together; one wins, the other is told
+// errConflict, its new pieces go, and folding again loses nothing.
+func TestCommitConflict(t *testing.T) {
+	js, kv := defaultNATS(t)
+	ctx := context.Background()
+	a, b := newPieces(), newPieces()
+	if _, err := a.fold(ctx, js, kv, "8", entries(t, 8, 0, 10, "low")); err != nil {
+		t.Fatal(err)
+	}
+	b.forgetManifest("8")
+	ca, err := a.prepare(ctx, kv, "8", entries(t, 8, 100, 5, "low"))
+	if err != nil || ca == nil {
+		t.Fatal(err)
+	}
+	cb, err := b.prepare(ctx, kv, "8", entries(t, 8, 200, 5, "low"))
+	if err != nil || cb == nil {
+		t.Fatal(err)
+	}
+	if errs := a.commit(ctx, js, []*change{ca}); errs[0] != nil {
+		t.Fatal(errs[0])
+	}
+	if errs := b.commit(ctx, js, []*change{cb}); errs[0] != errConflict {
+		t.Fatalf("the second commit on the same manifest: %v, want errConflict", errs[0])
+	}
+	if added, err := b.fold(ctx, js, kv, "8", entries(t, 8, 200, 5, "low")); err != nil || added != 5 {
+		t.Fatalf("fold after the conflict: %d, %v", added, err)
+	}
+	checkDocument(t, js, "8", [4]int{20, 0, 0, 0})
+	// The losing change's pieces were purged: every piece is named.
+	m, _ := kv.Get(ctx, "8")
+	manifest, _ := view.ParseManifest(m.Value())
+	named := map[string]bool{}
+	for _, r := range manifest.Pieces {
+		named[r.Key] = true
+	}
+	testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+		keys, _ := kv.ListKeys(ctx)
+		for k := range keys.Keys() {
+			if emp, ok := view.IsPieceKey(k); ok && emp == "8" && !named[k] {
+				return false, "piece " + k + " is named by no manifest"
+			}
+		}
+		return true, ""
+	})
+}

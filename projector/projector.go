@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -142,21 +143,7 @@ func (p *Projector) handle(ctx context.Context, kv jetstream.KeyValue, msgs []je
 		}
 	}
 
-	results := make(map[string]error, len(order))
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, p.workers)
-	for _, key := range order {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			err := p.apply(ctx, kv, plans[key])
-			mu.Lock()
-			results[key] = err
-			mu.Unlock()
-		})
-	}
-	wg.Wait()
+	results := p.write(ctx, kv, plans, order)
 
 	for i := range msgs {
 		var err error
@@ -173,6 +160,82 @@ func (p *Projector) handle(ctx context.Context, kv jetstream.KeyValue, msgs []je
 		}
 	}
 	return out
+}
+
+// write applies the plans of a batch and returns each document's error.
+// Employees' changes are prepared in parallel and written together (their
+// pieces in one go, then their manifests); a change that meets another
+// writer's, and every unattributed document, is written on its own.
+func (p *Projector) write(ctx context.Context, kv jetstream.KeyValue, plans map[string]*plan, order []string) map[string]error {
+	results := make(map[string]error, len(order))
+	var mu sync.Mutex
+	set := func(key string, err error) {
+		mu.Lock()
+		results[key] = err
+		mu.Unlock()
+	}
+	parallel := func(keys []string, f func(key string)) {
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, p.workers)
+		for _, key := range keys {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				f(key)
+			})
+		}
+		wg.Wait()
+	}
+
+	var employees, alone []string
+	for _, key := range order {
+		if strings.HasPrefix(key, topology.UnattributedPrefix) {
+			alone = append(alone, key)
+		} else {
+			employees = append(employees, key)
+		}
+	}
+	changes := make(map[string]*change, len(employees))
+	parallel(employees, func(key string) {
+		c, err := p.pieces.prepare(ctx, kv, key, entriesOf(plans[key]))
+		switch {
+		case errors.Is(err, errConflict):
+			mu.Lock()
+			alone = append(alone, key)
+			mu.Unlock()
+		case err != nil:
+			set(key, err)
+		case c == nil:
+			p.metrics.projected.WithLabelValues("duplicate").Add(float64(len(plans[key].ops)))
+			set(key, nil)
+		default:
+			mu.Lock()
+			changes[key] = c
+			mu.Unlock()
+		}
+	})
+	var batch []*change
+	for _, key := range employees {
+		if c := changes[key]; c != nil {
+			batch = append(batch, c)
+		}
+	}
+	for i, err := range p.pieces.commit(ctx, p.js, batch) {
+		key := batch[i].employee
+		switch {
+		case errors.Is(err, errConflict):
+			p.metrics.conflicts.Inc()
+			alone = append(alone, key)
+		case err != nil:
+			set(key, err)
+		default:
+			p.metrics.projected.WithLabelValues("added").Add(float64(batch[i].added))
+			p.metrics.projected.WithLabelValues("duplicate").Add(float64(len(plans[key].ops) - batch[i].added))
+			set(key, nil)
+		}
+	}
+	parallel(alone, func(key string) { set(key, p.apply(ctx, kv, plans[key])) })
+	return results
 }
 
 // markerAge is how old the marker of a removed piece must be before it goes:
