@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/incidentpipe/pipeline/internal/embedded"
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/testkit"
 	"github.com/incidentpipe/pipeline/internal/topology"
@@ -164,5 +165,43 @@ func TestBadElementsCutOut(t *testing.T) {
 	}
 	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 7 {
 		t.Fatalf("stream holds %d, want all 7 elements once each (two differ only in invalid bytes)", n)
+	}
+}
+
+// TestIncidentLargerThanNATSCarries: one incident over the server's max
+// payload is dead-lettered once (its beginning, with the reason) and the
+// rest of its page is published; it does not stop its type.
+func TestIncidentLargerThanNATSCarries(t *testing.T) {
+	huge := `{"priority":"low","employee_id":1,"timestamp":1,"blob":"` + strings.Repeat("x", 1_500_000) + `"}`
+	page := `{"next":null,"results":[` + huge + `,{"priority":"low","employee_id":2,"timestamp":2}]}`
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(page)) }))
+	t.Cleanup(hs.Close)
+	c, err := upstream.New(upstream.Options{BaseURL: hs.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, js := testkit.Connect(t, testkit.JetStreamWith(t, embedded.Options{MaxPayload: 1 << 20}))
+	p, err := New(Options{Upstream: c, JS: js, Types: []incident.Type{incident.Misuse}, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := p.Poll(context.Background(), incident.Misuse); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 1 {
+		t.Errorf("INCIDENTS_RAW holds %d, want the 1 that fits", n)
+	}
+	if n := testkit.StreamMsgs(t, js, topology.StreamDLQ); n != 1 {
+		t.Fatalf("INCIDENTS_DLQ holds %d, want the huge one once", n)
+	}
+	s, _ := js.Stream(context.Background(), topology.StreamDLQ)
+	m, err := s.GetLastMsgForSubject(context.Background(), topology.DLQSubject(topology.StageProducers, "misuse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get(topology.HeaderDLQReason) != "incident_too_large" || len(m.Data) != 64<<10 {
+		t.Errorf("letter: reason %q, %d bytes", m.Header.Get(topology.HeaderDLQReason), len(m.Data))
 	}
 }

@@ -2,10 +2,12 @@ package producers
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/incidentpipe/pipeline/internal/dlq"
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/stage"
@@ -26,21 +28,44 @@ type storedIncident struct {
 // publishRaw publishes incidents, each with its id as Nats-Msg-Id, and
 // returns those JetStream stored (new or already there).
 func publishRaw(ctx context.Context, js jetstream.JetStream, t incident.Type, items []rawIncident) ([]storedIncident, error) {
-	msgs := make([]*nats.Msg, len(items))
-	for i, r := range items {
-		msgs[i] = nats.NewMsg(topology.RawSubject(t))
-		msgs[i].Data = r.data
-		msgs[i].Header.Set(topology.HeaderMsgID, r.id)
+	var stored []storedIncident
+	// An incident larger than NATS carries cannot be stored whole: it is
+	// dead-lettered (its beginning, with its id and the reason), so that it
+	// neither stops its type nor disappears unseen.
+	limit := js.Conn().MaxPayload() - maxHeaderBytes
+	msgs := make([]*nats.Msg, 0, len(items))
+	sent := make([]rawIncident, 0, len(items))
+	for _, r := range items {
+		if int64(len(r.data)) > limit {
+			letter := dlq.Letter{Type: string(t), ID: r.id, Subject: topology.RawSubject(t), Data: r.data[:min(len(r.data), tooLargeKept)],
+				Err: &incident.InvalidError{Reason: dlq.ReasonIncidentTooLarge, Detail: fmt.Sprintf("%d bytes; NATS carries at most %d", len(r.data), limit)}}
+			if err := (dlq.Publisher{JS: js, Stage: topology.StageProducers}).Publish(ctx, letter); err != nil {
+				return stored, err
+			}
+			stored = append(stored, storedIncident{rawIncident: r})
+			continue
+		}
+		m := nats.NewMsg(topology.RawSubject(t))
+		m.Data = r.data
+		m.Header.Set(topology.HeaderMsgID, r.id)
+		msgs = append(msgs, m)
+		sent = append(sent, r)
 	}
 	res, err := stage.PublishAll(ctx, js, msgs)
-	var stored []storedIncident
 	for i, r := range res {
 		if r.Ack != nil {
-			stored = append(stored, storedIncident{rawIncident: items[i], new: !r.Ack.Duplicate})
+			stored = append(stored, storedIncident{rawIncident: sent[i], new: !r.Ack.Duplicate})
 		}
 	}
 	return stored, err
 }
+
+// maxHeaderBytes is room left for a message's headers under MaxPayload.
+const maxHeaderBytes = 4096
+
+// tooLargeKept is how much of an incident too large for NATS its dead
+// letter keeps.
+const tooLargeKept = 64 << 10
 
 // putAll puts many keys of a KV bucket at once: a KV put is a publish to
 // $KV.<bucket>.<key>, so they go out together rather than one round trip

@@ -115,7 +115,7 @@ func TestEachServiceIsRefusedTheRest(t *testing.T) {
 	}
 	refused := map[string][]string{
 		"api":       {"incidents.raw.denial", "incidents.enriched.1", "incidents.dlq.api.x", "$KV.INCIDENT_VIEW.1", "$KV.IDENTITIES.10.0.0.1"},
-		"producers": {"incidents.enriched.1", "$KV.INCIDENT_VIEW.1", "incidents.dlq.producers.x"},
+		"producers": {"incidents.enriched.1", "$KV.INCIDENT_VIEW.1", "incidents.dlq.enricher.x"},
 		"enricher":  {"incidents.raw.denial", "$KV.INCIDENT_VIEW.1", "$KV.IDENTITIES.10.0.0.1", "incidents.dlq.projector.x"},
 		"projector": {"incidents.raw.denial", "incidents.enriched.1", "$KV.IDENTITIES.10.0.0.1", "incidents.dlq.enricher.x"},
 	}

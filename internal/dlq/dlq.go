@@ -32,6 +32,9 @@ const (
 	// ReasonTooLarge: the unattributed document of an IP (kept whole) would outgrow
 	// the largest message NATS carries.
 	ReasonTooLarge incident.Reason = "document_too_large"
+	// ReasonIncidentTooLarge: one upstream incident is larger than NATS
+	// carries; its letter keeps its beginning.
+	ReasonIncidentTooLarge incident.Reason = "incident_too_large"
 	// ReasonRepeatedFailure: handling the message failed (an error about
 	// it, or a panic) as often as the stage allows.
 	ReasonRepeatedFailure incident.Reason = "repeated_failure"
@@ -41,7 +44,7 @@ const (
 
 // Reasons returns every reason token a dead letter may carry.
 func Reasons() []incident.Reason {
-	return append(incident.Reasons(), ReasonTooLarge, ReasonRepeatedFailure, ReasonUnprocessable)
+	return append(incident.Reasons(), ReasonTooLarge, ReasonIncidentTooLarge, ReasonRepeatedFailure, ReasonUnprocessable)
 }
 
 // Reason returns the short reason token of l.
