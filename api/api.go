@@ -116,6 +116,7 @@ func New(o Options) (*API, error) {
 		r.Get("/incidents", a.all)
 		r.Get("/incidents/{employee_id}", a.employee)
 		r.Get("/unattributed", a.unattributedList)
+		r.Get("/risk", a.riskRanking)
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) { writeError(w, http.StatusNotFound, "not found") })
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/risk"
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/view"
 )
@@ -72,6 +73,10 @@ func (b *body) gzipped() []byte {
 
 // snapshot is everything the API serves, prepared when the view changed.
 type snapshot struct {
+	// version is the view's stream sequence this snapshot reflects: the
+	// same on every API copy, and after a restart.
+	version      uint64
+	ranking      []risk.Ranked // employees by risk, highest first
 	all          *body
 	keys         []string // employee ids in document order
 	employees    map[string]*body
@@ -88,11 +93,17 @@ type store struct {
 
 	snap   atomic.Pointer[snapshot]
 	loaded atomic.Bool
+	// recent are the last snapshots, for a paged ranking to go on at the
+	// version it started at.
+	recentMu sync.Mutex
+	recent   []*snapshot
 
 	// Owned by the watch loop.
 	employees    map[string]*body
 	pieces       map[string][]byte // piece key → its incidents
+	revision     uint64            // the last change of the view applied
 	counts       map[string][4]int
+	scores       map[string]scored
 	unattributed map[string]*view.Unattributed
 	// frozenUntil holds the served snapshot while a rebuild empties and
 	// refills the view, so that readers never see it half done.
@@ -117,6 +128,7 @@ func (s *store) reset() {
 	s.employees = map[string]*body{}
 	s.pieces = map[string][]byte{}
 	s.counts = map[string][4]int{}
+	s.scores = map[string]scored{}
 	s.unattributed = map[string]*view.Unattributed{}
 }
 
@@ -207,6 +219,7 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 
 // apply takes one change of the bucket.
 func (s *store) apply(e jetstream.KeyValueEntry) {
+	s.revision = max(s.revision, e.Revision())
 	key := e.Key()
 	deleted := e.Operation() != jetstream.KeyValuePut
 	if key == topology.RebuildKey {
@@ -300,15 +313,69 @@ func (s *store) rebuild() {
 	if s.employeesDirty {
 		s.generation++
 		next.keys, next.employees, next.all = s.prepareEmployees()
+		next.ranking = s.rank()
 		s.employeesDirty = false
 	}
+	next.version = s.revision
 	if s.unattributedDirty {
 		next.unattributed = s.prepareUnattributed()
 		s.unattributedDirty = false
 	}
 	s.snap.Store(&next)
+	s.remember(&next)
 	s.lastRebuild = time.Since(start)
 	s.metrics.viewUpdated.SetToCurrentTime()
+}
+
+// keptVersions is how many recent snapshots a ranking may be paged in.
+const keptVersions = 16
+
+func (s *store) remember(snap *snapshot) {
+	s.recentMu.Lock()
+	defer s.recentMu.Unlock()
+	s.recent = append(s.recent, snap)
+	if len(s.recent) > keptVersions {
+		s.recent = slices.Delete(s.recent, 0, len(s.recent)-keptVersions)
+	}
+}
+
+// at returns the snapshot of a view version, if it is still kept.
+func (s *store) at(version uint64) *snapshot {
+	s.recentMu.Lock()
+	defer s.recentMu.Unlock()
+	for i := len(s.recent) - 1; i >= 0; i-- {
+		if s.recent[i].version == version {
+			return s.recent[i]
+		}
+	}
+	return nil
+}
+
+// rank orders the employees by risk score, each score computed when its
+// counts change.
+func (s *store) rank() []risk.Ranked {
+	ranking := make([]risk.Ranked, 0, len(s.counts))
+	for emp, c := range s.counts {
+		sc, ok := s.scores[emp]
+		if !ok || sc.counts != c {
+			sc = scored{counts: c, score: risk.OfCounts(c)}
+			s.scores[emp] = sc
+		}
+		ranking = append(ranking, risk.Ranked{Employee: emp, Score: sc.score, Counts: c})
+	}
+	for emp := range s.scores {
+		if _, ok := s.counts[emp]; !ok {
+			delete(s.scores, emp)
+		}
+	}
+	slices.SortFunc(ranking, risk.Compare)
+	return ranking
+}
+
+// scored is an employee's risk score and the counts it was computed from.
+type scored struct {
+	counts [4]int
+	score  float64
 }
 
 // prepareEmployees concatenates the employees' documents, prepared when each

@@ -1,0 +1,126 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/risk"
+)
+
+// riskPage is one page of GET /risk.
+type riskPage struct {
+	Version   string      `json:"version"`
+	Employees []riskEntry `json:"employees"`
+}
+
+type riskEntry struct {
+	Employee string         `json:"employee_id"`
+	Score    float64        `json:"score"`
+	Level    risk.Level     `json:"level"`
+	Counts   map[string]int `json:"counts"`
+}
+
+// riskCursor is where a page of the ranking ends: the last employee's
+// (score, id) in the ranking of one view version.
+type riskCursor struct {
+	version  uint64
+	score    float64
+	employee string
+}
+
+func (c riskCursor) String() string {
+	return strconv.FormatUint(c.version, 10) + "_" + strconv.FormatFloat(c.score, 'g', -1, 64) + "_" + c.employee
+}
+
+var errBadRiskCursor = errors.New("cursor: not a cursor this API gave")
+
+func parseRiskCursor(s string) (riskCursor, error) {
+	parts := strings.Split(s, "_")
+	if len(parts) != 3 {
+		return riskCursor{}, errBadRiskCursor
+	}
+	v, err1 := strconv.ParseUint(parts[0], 10, 64)
+	sc, err2 := strconv.ParseFloat(parts[1], 64)
+	emp, err3 := incident.ParseEmployeeID(parts[2])
+	if err1 != nil || err2 != nil || err3 != nil || math.IsNaN(sc) || math.IsInf(sc, 0) {
+		return riskCursor{}, errBadRiskCursor
+	}
+	return riskCursor{version: v, score: sc, employee: emp}, nil
+}
+
+// riskRanking answers GET /risk: employees ranked by risk score, highest
+// first, each with its level and counts per priority; paged with limit= and
+// cursor=, every page of one walk taken from the same view version, so that
+// a live ranking neither skips nor repeats anyone.
+func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "the query is not valid URL encoding")
+		return
+	}
+	limit := 100
+	snap := a.store.snap.Load()
+	start := 0
+	for key, values := range q {
+		if len(values) != 1 {
+			writeError(w, http.StatusBadRequest, key+": give it once")
+			return
+		}
+		switch key {
+		case "limit":
+			n, err := strconv.Atoi(values[0])
+			if err != nil || !digits(values[0]) || n < 1 || n > maxLimit {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: want a number of employees from 1 to %d", maxLimit))
+				return
+			}
+			limit = n
+		case "cursor":
+			c, err := parseRiskCursor(values[0])
+			if err != nil {
+				writeError(w, http.StatusBadRequest, err.Error())
+				return
+			}
+			if snap = a.store.at(c.version); snap == nil {
+				writeError(w, http.StatusGone, "the ranking this cursor belongs to has moved on; start again without a cursor")
+				return
+			}
+			start, _ = slices.BinarySearchFunc(snap.ranking, risk.Ranked{Employee: c.employee, Score: c.score}, risk.Compare)
+			if start < len(snap.ranking) && snap.ranking[start].Employee == c.employee {
+				start++
+			}
+		default:
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("unknown query parameter %q", key))
+			return
+		}
+	}
+	end := min(start+limit, len(snap.ranking))
+	page := riskPage{Version: strconv.FormatUint(snap.version, 10), Employees: make([]riskEntry, 0, end-start)}
+	for _, rk := range snap.ranking[start:end] {
+		counts := make(map[string]int, 4)
+		for i, p := range incident.Priorities() {
+			counts[string(p)] = rk.Counts[i]
+		}
+		page.Employees = append(page.Employees, riskEntry{Employee: rk.Employee, Score: math.Round(rk.Score*100) / 100,
+			Level: risk.LevelOf(rk.Score), Counts: counts})
+	}
+	if end < len(snap.ranking) {
+		last := snap.ranking[end-1]
+		next := riskCursor{version: snap.version, score: last.Score, employee: last.Employee}.String()
+		w.Header().Set("X-Next-Cursor", next)
+		w.Header().Set("Link", "<"+r.URL.Path+"?"+url.Values{"cursor": {next}, "limit": {strconv.Itoa(limit)}}.Encode()+`>; rel="next"`)
+	}
+	b, err := json.Marshal(page)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal error")
+		return
+	}
+	serve(w, r, newBody(b))
+}

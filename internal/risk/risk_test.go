@@ -1,0 +1,66 @@
+package risk
+
+import (
+	"math"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestElasticWorkedExample: the example of Elastic's documentation.
+func TestElasticWorkedExample(t *testing.T) {
+	if got := Score([]float64{21, 45, 21, 70, 21}); math.Abs(got-36.16) > 0.01 {
+		t.Fatalf("Score(70, 45, 21, 21, 21) = %.4f, want 36.16", got)
+	}
+}
+
+func TestOfCountsIsScoreOfPriorities(t *testing.T) {
+	for _, counts := range [][4]int{{0, 0, 0, 0}, {1, 0, 0, 0}, {3, 2, 0, 1}, {0, 0, 0, 50}, {10, 10, 10, 10}} {
+		var scores []float64
+		for p, n := range counts {
+			for range n {
+				scores = append(scores, PriorityScores[p])
+			}
+		}
+		if a, b := OfCounts(counts), Score(scores); math.Abs(a-b) > 1e-9 {
+			t.Errorf("counts %v: OfCounts %.6f, Score %.6f", counts, a, b)
+		}
+	}
+	if s := OfCounts([4]int{0, 0, 0, 100_000}); s > 100 || s < 98 {
+		t.Errorf("100,000 critical incidents score %.2f, want just under 99", s)
+	}
+}
+
+func TestDecay(t *testing.T) {
+	day := 24 * time.Hour
+	for _, tt := range []struct {
+		age, half time.Duration
+		want      float64
+	}{
+		{0, day, 99}, {day, day, 49.5}, {2 * day, day, 24.75}, {10 * day, 0, 99}, {-day, day, 99},
+	} {
+		if got := Decay(99, tt.age, tt.half); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("Decay(99, %s, %s) = %v, want %v", tt.age, tt.half, got, tt.want)
+		}
+	}
+}
+
+func TestLevels(t *testing.T) {
+	for score, want := range map[float64]Level{0: Unknown, 19.99: Unknown, 20: Low, 39.9: Low, 40: Moderate, 69.9: Moderate, 70: High, 90: High, 90.01: Critical, 100: Critical} {
+		if got := LevelOf(score); got != want {
+			t.Errorf("LevelOf(%v) = %s, want %s", score, got, want)
+		}
+	}
+}
+
+func TestRankingTiesByEmployeeID(t *testing.T) {
+	r := []Ranked{{Employee: "100", Score: 50}, {Employee: "9", Score: 50}, {Employee: "7", Score: 80}, {Employee: "10", Score: 50}}
+	slices.SortFunc(r, Compare)
+	var got []string
+	for _, x := range r {
+		got = append(got, x.Employee)
+	}
+	if want := []string{"7", "9", "10", "100"}; !slices.Equal(got, want) {
+		t.Fatalf("ranking %v, want %v", got, want)
+	}
+}
