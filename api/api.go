@@ -43,6 +43,13 @@ type Options struct {
 	RateLimit float64
 }
 
+// eventsKept is how many changes /events keeps for clients that reconnect;
+// eventsBuffered how many a client may fall behind before it is dropped.
+const (
+	eventsKept     = 4096
+	eventsBuffered = 256
+)
+
 // filterCacheBytes bounds the filtered answers kept for the current view.
 const filterCacheBytes = 64 << 20
 
@@ -51,6 +58,7 @@ type API struct {
 	js      jetstream.JetStream
 	log     *slog.Logger
 	store   *store
+	hub     *hub
 	filters *filterCache
 	tokens  *tokens
 	handler http.Handler
@@ -74,6 +82,8 @@ func New(o Options) (*API, error) {
 	m := newMetrics(o.Registerer)
 	a := &API{js: o.JS, log: log, store: newStore(log, m)}
 	a.filters = newFilterCache(filterCacheBytes, a.store.snap.Load)
+	a.hub = newHub(eventsKept, eventsBuffered)
+	a.store.onLoad, a.store.onChange = a.hub.start, a.hub.publish
 	if o.TokensFile != "" {
 		t, err := loadTokens(o.TokensFile, log)
 		if err != nil {
@@ -117,6 +127,7 @@ func New(o Options) (*API, error) {
 		r.Get("/incidents/{employee_id}", a.employee)
 		r.Get("/unattributed", a.unattributedList)
 		r.Get("/risk", a.riskRanking)
+		r.Get("/events", a.events)
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) { writeError(w, http.StatusNotFound, "not found") })
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {

@@ -102,6 +102,11 @@ type store struct {
 	employees    map[string]*body
 	pieces       map[string][]byte // piece key → its incidents
 	revision     uint64            // the last change of the view applied
+	changed      map[string]bool   // employees changed since the last snapshot
+	// onLoad and onChange, when set, hear of the first snapshot's version
+	// and of every change after it.
+	onLoad   func(version uint64)
+	onChange func(change)
 	counts       map[string][4]int
 	scores       map[string]scored
 	unattributed map[string]*view.Unattributed
@@ -129,6 +134,7 @@ func (s *store) reset() {
 	s.pieces = map[string][]byte{}
 	s.counts = map[string][4]int{}
 	s.scores = map[string]scored{}
+	s.changed = map[string]bool{}
 	s.unattributed = map[string]*view.Unattributed{}
 }
 
@@ -183,6 +189,9 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 			initial = false
 			s.rebuild()
 			s.loaded.Store(true)
+			if s.onLoad != nil {
+				s.onLoad(s.snap.Load().version)
+			}
 			last = time.Now()
 			continue
 		}
@@ -268,6 +277,9 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 		return // not an employee's document (a marker of the projector)
 	}
 	s.employeesDirty = true
+	if len(s.changed) <= maxListed {
+		s.changed[key] = true
+	}
 	if deleted {
 		delete(s.employees, key)
 		delete(s.counts, key)
@@ -317,12 +329,26 @@ func (s *store) rebuild() {
 		s.employeesDirty = false
 	}
 	next.version = s.revision
+	c := change{Version: next.version, VersionText: strconv.FormatUint(next.version, 10), Unattributed: s.unattributedDirty}
 	if s.unattributedDirty {
 		next.unattributed = s.prepareUnattributed()
 		s.unattributedDirty = false
 	}
+	for emp := range s.changed {
+		if len(c.Employees) == maxListed {
+			c.More = true
+			break
+		}
+		c.Employees = append(c.Employees, emp)
+	}
+	slices.SortFunc(c.Employees, compareEmployeeIDs)
+	clear(s.changed)
+	changedVersion := next.version != prev.version
 	s.snap.Store(&next)
 	s.remember(&next)
+	if s.onChange != nil && s.loaded.Load() && changedVersion {
+		s.onChange(c)
+	}
 	s.lastRebuild = time.Since(start)
 	s.metrics.viewUpdated.SetToCurrentTime()
 }
