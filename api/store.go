@@ -99,14 +99,14 @@ type store struct {
 	recent   []*snapshot
 
 	// Owned by the watch loop.
-	employees    map[string]*body
-	pieces       map[string][]byte // piece key → its incidents
-	revision     uint64            // the last change of the view applied
-	changed      map[string]bool   // employees changed since the last snapshot
+	employees map[string]*body
+	pieces    map[string][]byte // piece key → its incidents
+	revision  uint64            // the last change of the view applied
+	changed   map[string]bool   // employees changed since the last snapshot
 	// onLoad and onChange, when set, hear of the first snapshot's version
 	// and of every change after it.
-	onLoad   func(version uint64)
-	onChange func(change)
+	onLoad       func(version uint64)
+	onChange     func(change)
 	counts       map[string][4]int
 	scores       map[string]scored
 	unattributed map[string]*view.Unattributed
