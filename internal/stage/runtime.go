@@ -90,14 +90,15 @@ type runner struct {
 func (r *runner) handle(ctx context.Context, msgs []jetstream.Msg) (stalled bool) {
 	ctx, cancel := context.WithTimeout(ctx, r.o.HandleTimeout)
 	defer cancel()
-	outcomes, perr := r.call(ctx, msgs)
+	outcomes, _, perr := r.call(ctx, msgs)
 	if perr != nil {
 		// Which message panicked is unknown: handle each alone.
 		outcomes = make([]Outcome, len(msgs))
 		for i, m := range msgs {
-			out, err := r.call(ctx, []jetstream.Msg{m})
+			out, stack, err := r.call(ctx, []jetstream.Msg{m})
 			if err != nil {
-				r.o.Progress.MessageFailed(KindPanic, err, "subject", m.Subject())
+				// Logged at most once a minute, with its stack.
+				r.o.Progress.MessageFailed(KindPanic, err, "subject", m.Subject(), "stack", stack)
 				out = []Outcome{{Verdict: Fail, Err: err}}
 			}
 			outcomes[i] = out[0]
@@ -138,19 +139,18 @@ func (r *runner) handle(ctx context.Context, msgs []jetstream.Msg) (stalled bool
 	return stalled
 }
 
-// call runs the handler, turning a panic into an error.
-func (r *runner) call(ctx context.Context, msgs []jetstream.Msg) (out []Outcome, err error) {
+// call runs the handler, turning a panic into an error (and its stack).
+func (r *runner) call(ctx context.Context, msgs []jetstream.Msg) (out []Outcome, stack string, err error) {
 	defer func() {
 		if p := recover(); p != nil {
-			err = fmt.Errorf("%w: %v", errPanic, p)
-			r.o.Logger.Error("handler panicked", "stage", r.o.Stage, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			err, stack = fmt.Errorf("%w: %v", errPanic, p), string(debug.Stack())
 		}
 	}()
 	out = r.h(ctx, msgs)
 	if len(out) != len(msgs) {
-		return nil, fmt.Errorf("handler returned %d outcomes for %d messages", len(out), len(msgs))
+		return nil, "", fmt.Errorf("handler returned %d outcomes for %d messages", len(out), len(msgs))
 	}
-	return out, nil
+	return out, "", nil
 }
 
 // budget counts a failure of m and turns it into a rejection once m has
