@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
@@ -59,6 +60,7 @@ type API struct {
 	log     *slog.Logger
 	store   *store
 	hub     *hub
+	nats    atomic.Pointer[natsStatus]
 	filters *filterCache
 	tokens  *tokens
 	handler http.Handler
@@ -121,6 +123,10 @@ func New(o Options) (*API, error) {
 		}
 		r.With(metricsAuth).Method(http.MethodGet, "/metrics", o.Metrics)
 	}
+	console := consoleHandler()
+	r.Get("/", console.ServeHTTP)
+	r.Get("/console/*", console.ServeHTTP)
+	r.Get("/favicon.ico", console.ServeHTTP)
 	r.Group(func(r chi.Router) {
 		r.Use(dataHeaders, protected, a.loaded)
 		r.Get("/incidents", a.all)
@@ -128,6 +134,7 @@ func New(o Options) (*API, error) {
 		r.Get("/unattributed", a.unattributedList)
 		r.Get("/risk", a.riskRanking)
 		r.Get("/events", a.events)
+		r.Get("/status", a.status)
 	})
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) { writeError(w, http.StatusNotFound, "not found") })
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
@@ -161,6 +168,7 @@ func (a *API) Run(ctx context.Context) error {
 	if a.tokens != nil {
 		go a.tokens.watch(ctx.Done())
 	}
+	go a.watchStatus(ctx, &a.nats)
 	a.store.run(ctx, a.js)
 	return nil
 }

@@ -75,12 +75,14 @@ func (b *body) gzipped() []byte {
 type snapshot struct {
 	// version is the view's stream sequence this snapshot reflects: the
 	// same on every API copy, and after a restart.
-	version      uint64
-	ranking      []risk.Ranked // employees by risk, highest first
-	all          *body
-	keys         []string // employee ids in document order
-	employees    map[string]*body
-	unattributed *body
+	version           uint64
+	updated           time.Time     // when it was prepared
+	ranking           []risk.Ranked // employees by risk, highest first
+	unattributedCount int
+	all               *body
+	keys              []string // employee ids in document order
+	employees         map[string]*body
+	unattributed      *body
 }
 
 // store keeps INCIDENT_VIEW in memory and the prepared snapshot current.
@@ -99,10 +101,11 @@ type store struct {
 	recent   []*snapshot
 
 	// Owned by the watch loop.
-	employees map[string]*body
-	pieces    map[string][]byte // piece key → its incidents
-	revision  uint64            // the last change of the view applied
-	changed   map[string]bool   // employees changed since the last snapshot
+	employees         map[string]*body
+	pieces            map[string][]byte // piece key → its incidents
+	revision          uint64            // the last change of the view applied
+	unattributedCount int               // incidents in the unattributed documents
+	changed           map[string]bool   // employees changed since the last snapshot
 	// onLoad and onChange, when set, hear of the first snapshot's version
 	// and of every change after it.
 	onLoad       func(version uint64)
@@ -329,9 +332,11 @@ func (s *store) rebuild() {
 		s.employeesDirty = false
 	}
 	next.version = s.revision
+	next.updated = time.Now()
 	c := change{Version: next.version, VersionText: strconv.FormatUint(next.version, 10), Unattributed: s.unattributedDirty}
 	if s.unattributedDirty {
 		next.unattributed = s.prepareUnattributed()
+		next.unattributedCount = s.unattributedCount
 		s.unattributedDirty = false
 	}
 	for emp := range s.changed {
@@ -449,6 +454,7 @@ func (s *store) prepareUnattributed() *body {
 		n += len(d.Incidents)
 	}
 	s.metrics.viewUnattributed.Set(float64(n))
+	s.unattributedCount = n
 	return newBody(view.MergeUnattributed(docs))
 }
 

@@ -126,6 +126,11 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 			return fmt.Errorf("listening on API_ADDR %s: %w", cfg.APIAddr, err)
 		}
 	}
+	scheme := "http"
+	if cfg.APITLSCert != "" {
+		scheme = "https"
+	}
+	log.Info("analyst console", "url", scheme+"://"+consoleHost(l.Addr().String())+"/")
 	if hooks.Started != nil {
 		natsURL := cfg.NATSURL
 		if ns != nil {
@@ -168,4 +173,17 @@ func startSimulator(log *slog.Logger) (url, user, password string, task app.Task
 		return err
 	}}
 	return "http://" + l.Addr().String(), user, password, task, nil
+}
+
+// consoleHost is addr as a browser reaches it: a wildcard listener on
+// localhost.
+func consoleHost(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip == nil || ip.IsUnspecified() || ip.IsLoopback() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
 }
