@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/go-chi/chi/v5/middleware"
@@ -42,6 +43,9 @@ type Options struct {
 	// RateLimit, when positive, limits each client to this many requests a
 	// second (bursts of twice that).
 	RateLimit float64
+	// RiskHalfLife, when positive, halves an incident's risk score per
+	// half-life of its age (measured from now); zero: no decay.
+	RiskHalfLife time.Duration
 }
 
 // eventsKept is how many changes /events keeps for clients that reconnect;
@@ -83,6 +87,7 @@ func New(o Options) (*API, error) {
 	log := o.Logger.With("stage", topology.StageAPI)
 	m := newMetrics(o.Registerer)
 	a := &API{js: o.JS, log: log, store: newStore(log, m)}
+	a.store.halfLife = o.RiskHalfLife
 	a.filters = newFilterCache(filterCacheBytes, a.store.snap.Load)
 	a.hub = newHub(eventsKept, eventsBuffered)
 	a.store.onLoad, a.store.onChange = a.hub.start, a.hub.publish

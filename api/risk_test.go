@@ -124,3 +124,28 @@ func TestRiskRankingPagedAtOneVersion(t *testing.T) {
 		t.Errorf("a cursor of a version no longer kept: %d, want 410", resp.StatusCode)
 	}
 }
+
+// TestRiskDecay: with a half-life, an old critical incident weighs less
+// than a new low one.
+func TestRiskDecay(t *testing.T) {
+	now := time.Now().Unix()
+	for _, tt := range []struct {
+		halfLife time.Duration
+		first    string
+	}{{0, "11"}, {24 * time.Hour, "12"}} {
+		hs, kv, _ := serveAPI(t, Options{RiskHalfLife: tt.halfLife})
+		ctx := context.Background()
+		old := fmt.Sprintf(`{"low":{"count":0,"incidents":[]},"medium":{"count":0,"incidents":[]},"high":{"count":0,"incidents":[]},"critical":{"count":1,"incidents":[{"type":"misuse","priority":"critical","employee_id":11,"timestamp":%d}]}}`, now-10*86400)
+		fresh := fmt.Sprintf(`{"low":{"count":1,"incidents":[{"type":"misuse","priority":"low","employee_id":12,"timestamp":%d}]},"medium":{"count":0,"incidents":[]},"high":{"count":0,"incidents":[]},"critical":{"count":0,"incidents":[]}}`, now)
+		if _, err := kv.PutString(ctx, "11", old); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.PutString(ctx, "12", fresh); err != nil {
+			t.Fatal(err)
+		}
+		testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+			_, b := do(t, http.MethodGet, hs.URL+"/risk?limit=1", "")
+			return strings.Contains(string(b), `"employee_id":"`+tt.first+`"`), fmt.Sprintf("half-life %s: %s", tt.halfLife, b)
+		})
+	}
+}

@@ -106,6 +106,11 @@ type store struct {
 	revision          uint64            // the last change of the view applied
 	unattributedCount int               // incidents in the unattributed documents
 	changed           map[string]bool   // employees changed since the last snapshot
+	// halfLife, when positive, decays risk scores with the incidents' age;
+	// timestamps then holds each employee's incident times.
+	halfLife   time.Duration
+	timestamps map[string][4][]float64
+	decayedAt  time.Time
 	// onLoad and onChange, when set, hear of the first snapshot's version
 	// and of every change after it.
 	onLoad       func(version uint64)
@@ -138,6 +143,7 @@ func (s *store) reset() {
 	s.counts = map[string][4]int{}
 	s.scores = map[string]scored{}
 	s.changed = map[string]bool{}
+	s.timestamps = map[string][4][]float64{}
 	s.unattributed = map[string]*view.Unattributed{}
 }
 
@@ -179,6 +185,9 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			if s.halfLife > 0 && time.Since(s.decayedAt) >= decayEvery {
+				s.employeesDirty = true // scores decay with time, not only with changes
+			}
 			if (s.employeesDirty || s.unattributedDirty) && !s.frozen() {
 				s.rebuild() // a rebuild marker expired without being removed
 			}
@@ -286,6 +295,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 	if deleted {
 		delete(s.employees, key)
 		delete(s.counts, key)
+		delete(s.timestamps, key)
 		return
 	}
 	value := e.Value()
@@ -302,6 +312,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 		}
 		s.employees[key] = newBody(doc)
 		s.counts[key] = m.Counts()
+		s.noteTimestamps(key, doc)
 		return
 	}
 	// A whole document, as earlier versions stored it.
@@ -312,6 +323,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 	}
 	s.employees[key] = newBody(value)
 	s.counts[key] = counts
+	s.noteTimestamps(key, value)
 }
 
 func (s *store) frozen() bool { return time.Now().Before(s.frozenUntil) }
@@ -385,10 +397,15 @@ func (s *store) at(version uint64) *snapshot {
 // rank orders the employees by risk score, each score computed when its
 // counts change.
 func (s *store) rank() []risk.Ranked {
+	now := time.Now()
+	s.decayedAt = now
 	ranking := make([]risk.Ranked, 0, len(s.counts))
 	for emp, c := range s.counts {
 		sc, ok := s.scores[emp]
-		if !ok || sc.counts != c {
+		switch {
+		case s.halfLife > 0:
+			sc = scored{counts: c, score: risk.OfTimestamps(s.timestamps[emp], now, s.halfLife)}
+		case !ok || sc.counts != c:
 			sc = scored{counts: c, score: risk.OfCounts(c)}
 			s.scores[emp] = sc
 		}
@@ -402,6 +419,22 @@ func (s *store) rank() []risk.Ranked {
 	slices.SortFunc(ranking, risk.Compare)
 	return ranking
 }
+
+// noteTimestamps keeps an employee's incident times when scores decay.
+func (s *store) noteTimestamps(employee string, doc []byte) {
+	if s.halfLife <= 0 {
+		return
+	}
+	ts, err := view.Timestamps(doc)
+	if err != nil {
+		s.log.Error("unreadable employee document for risk decay; scored without its incidents", "key", employee, "error", err)
+	}
+	s.timestamps[employee] = ts
+}
+
+// decayEvery is how often decayed scores are brought up to date while the
+// view does not change.
+const decayEvery = time.Minute
 
 // scored is an employee's risk score and the counts it was computed from.
 type scored struct {

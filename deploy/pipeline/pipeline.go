@@ -115,7 +115,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	health.Add("enricher", enr.Ready)
 	health.Add("projector", proj.Ready)
 	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"],
-		TokensFile: cfg.APITokensFile, MetricsAuth: cfg.MetricsAuth, RateLimit: cfg.APIRateLimit})
+		TokensFile: cfg.APITokensFile, MetricsAuth: cfg.MetricsAuth, RateLimit: cfg.APIRateLimit,
+		RiskHalfLife: cfg.RiskHalfLife})
 	if err != nil {
 		return err
 	}

@@ -65,6 +65,7 @@ type Config struct {
 	APITLSCert    string
 	APITLSKey     string
 	APIRateLimit  float64
+	RiskHalfLife  time.Duration
 	MetricsAddr   string
 
 	NATSCAFile  string
@@ -171,6 +172,7 @@ func settings() []setting {
 			c.APIRateLimit = f
 			return nil
 		}},
+		{"RISK_HALF_LIFE", "0s", "risk scores halve per this age of an incident (0: no decay)", dur(func(c *Config) *time.Duration { return &c.RiskHalfLife })},
 		{"UPSTREAM_CA_FILE", "", "PEM CA certificates that sign the upstream's certificate (default: the system's)", str(func(c *Config) *string { return &c.UpstreamCAFile })},
 		{"NATS_CA_FILE", "", "PEM CA certificates of the NATS server (TLS)", str(func(c *Config) *string { return &c.NATSCAFile })},
 		{"NATS_TLS_CERT", "", "PEM client certificate for NATS (with NATS_TLS_KEY)", str(func(c *Config) *string { return &c.NATSTLSCert })},

@@ -112,3 +112,16 @@ func cmpFloat(a, b float64) int {
 	}
 	return 0
 }
+
+// OfTimestamps returns the risk score of incidents at timestamps[p] (Unix
+// seconds) of each priority p, each score halved per halfLife of age at now.
+func OfTimestamps(timestamps [4][]float64, now time.Time, halfLife time.Duration) float64 {
+	var scores []float64
+	for p, list := range timestamps {
+		for _, ts := range list {
+			age := now.Sub(time.Unix(0, int64(ts*1e9)))
+			scores = append(scores, Decay(PriorityScores[p], age, halfLife))
+		}
+	}
+	return Score(scores)
+}

@@ -64,3 +64,18 @@ func TestRankingTiesByEmployeeID(t *testing.T) {
 		t.Fatalf("ranking %v, want %v", got, want)
 	}
 }
+
+func TestOfTimestamps(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	day := 24 * time.Hour
+	// A critical a day old and a low just now, half-life one day:
+	// 49.5 and 21, ranked 49.5 first.
+	got := OfTimestamps([4][]float64{{1_000_000}, nil, nil, {1_000_000 - 86400}}, now, day)
+	want := Score([]float64{49.5, 21})
+	if math.Abs(got-want) > 1e-9 {
+		t.Fatalf("OfTimestamps = %v, want %v", got, want)
+	}
+	if a, b := OfTimestamps([4][]float64{nil, nil, nil, {1, 2}}, now, 0), OfCounts([4]int{0, 0, 0, 2}); math.Abs(a-b) > 1e-9 {
+		t.Errorf("without decay %v, want the score of the counts %v", a, b)
+	}
+}

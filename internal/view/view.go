@@ -221,3 +221,36 @@ func (d *Employee) MarshalJSON() ([]byte, error) {
 	b.WriteByte('}')
 	return b.Bytes(), nil
 }
+
+// Timestamps returns the timestamps of a stored employee document's
+// incidents, by priority, without decoding (or hashing) them otherwise.
+func Timestamps(data []byte) ([4][]float64, error) {
+	var out [4][]float64
+	lists, err := bucketMember(data, "incidents")
+	if err != nil {
+		return out, err
+	}
+	for i, raw := range lists {
+		if raw == nil {
+			continue
+		}
+		items, err := incident.ArrayElements(raw)
+		if err != nil {
+			return out, fmt.Errorf("decoding employee document: %w", err)
+		}
+		for _, it := range items {
+			members, err := incident.ObjectMembers(it)
+			if err != nil {
+				return out, fmt.Errorf("decoding employee document: %w", err)
+			}
+			for _, m := range members {
+				if m.Key == "timestamp" {
+					if ts, err := incident.ParseTimestamp(m.Value); err == nil {
+						out[i] = append(out[i], ts.Value)
+					}
+				}
+			}
+		}
+	}
+	return out, nil
+}
