@@ -5,6 +5,7 @@ package nats_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/incidentpipe/pipeline/deploy/pipeline/pipelinetest"
 	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/simulator"
+	"github.com/incidentpipe/pipeline/internal/testkit"
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/upstream"
 )
@@ -92,6 +94,16 @@ func TestEachServiceDoesItsJob(t *testing.T) {
 	}
 	api := pipelinetest.ServeAPI(t, as(s, "api"))
 	pipelinetest.WaitExact(t, api, expected, 60*time.Second)
+	// The API user reads what the console's health strip shows.
+	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
+		_, b, _ := pipelinetest.Get(api + "/status")
+		var st struct {
+			Lag         map[string]int64 `json:"lag"`
+			DeadLetters int64            `json:"dead_letters"`
+		}
+		_ = json.Unmarshal(b, &st)
+		return st.Lag["enricher"] >= 0 && st.Lag["projector"] >= 0 && st.DeadLetters >= 0 && len(st.Lag) == 2, string(b)
+	})
 	for _, st := range stages {
 		if err, stopped := st.Err(); stopped {
 			t.Errorf("a stage stopped: %v", err)
