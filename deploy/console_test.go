@@ -211,8 +211,30 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Errorf("employee %s: %s dots on the timeline, %d incidents", first, dots, want)
 	}
 
+	// Search by employee id.
+	do(chromedp.Click(chromedp.CSS("#back")), chromedp.WaitVisible(chromedp.CSS("#ranking")),
+		chromedp.SetValue(chromedp.CSS("#search-id"), shown[1]), chromedp.Click(chromedp.CSS("#search button")),
+		chromedp.WaitVisible(chromedp.CSS("#employee")))
+	if title := text("#employee-title"); title != "Employee "+shown[1] {
+		t.Errorf("search for %s opened %q", shown[1], title)
+	}
+	// Filter: only critical incidents; every employee listed has some, and
+	// none of another priority.
+	do(chromedp.SetValue(chromedp.CSS("#f-priority"), "critical"), chromedp.Click(chromedp.CSS("#filters button[type=submit]")),
+		chromedp.WaitVisible(chromedp.CSS("#ranking-rows tr")))
+	var titles []string
+	testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+		_ = json.Unmarshal(eval(`[...document.querySelectorAll('#ranking-rows .bars')].map(b => b.title)`), &titles)
+		for _, tt := range titles {
+			if !strings.HasPrefix(tt, "low 0, medium 0, high 0, critical ") || strings.HasSuffix(tt, "critical 0") {
+				return false, "a filtered row: " + tt
+			}
+		}
+		return len(titles) > 0, "no rows"
+	})
+	do(chromedp.Click(chromedp.CSS("#f-clear")), chromedp.WaitVisible(chromedp.CSS("#ranking-rows tr")))
+
 	// A new upstream incident, hostile, shown live in the open ranking.
-	do(chromedp.Click(chromedp.CSS("#back")), chromedp.WaitVisible(chromedp.CSS("#ranking")))
 	// Ten critical incidents put the employee at the top of the ranking.
 	hostile := []json.RawMessage{json.RawMessage(`{"priority":"critical","employee_id":999999001,"timestamp":1700000000.5,` +
 		`"note":"<img src=x onerror=alert(1)>","html":"<script>alert(2)</script>","link":"javascript:alert(3)"}`)}
