@@ -51,7 +51,7 @@ type Options struct {
 // eventsKept is how many changes /events keeps for clients that reconnect;
 // eventsBuffered how many a client may fall behind before it is dropped.
 const (
-	eventsKept     = 4096
+	eventsKept     = 1024
 	eventsBuffered = 256
 )
 

@@ -21,7 +21,7 @@ type change struct {
 }
 
 // maxListed bounds the employees an event names.
-const maxListed = 1000
+const maxListed = 500
 
 // hub fans the view's changes out to the /events clients. It keeps the
 // last changes so that a client that reconnects with Last-Event-ID misses
