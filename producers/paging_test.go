@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/incidentpipe/pipeline/internal/embedded"
@@ -147,22 +148,7 @@ func TestBadElementsCutOut(t *testing.T) {
 		"{\"priority\":\"low\",\"employee_id\":4,\"timestamp\":4,\"note\":\"\xff\xfe\"}," +
 		"{\"priority\":\"low\",\"employee_id\":4,\"timestamp\":4,\"note\":\"\xfe\xfd\"}," +
 		`{"priority":"high","employee_id":5,"timestamp":5}]}`
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(page)) }))
-	t.Cleanup(hs.Close)
-	c, err := upstream.New(upstream.Options{BaseURL: hs.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, js := testkit.Connect(t, testkit.JetStream(t))
-	p, err := New(Options{Upstream: c, JS: js, Types: []incident.Type{incident.Misuse}, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 3 {
-		if _, err := p.Poll(context.Background(), incident.Misuse); err != nil {
-			t.Fatal(err)
-		}
-	}
+	js := pollPage(t, page, embedded.Options{}, 3)
 	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 7 {
 		t.Fatalf("stream holds %d, want all 7 elements once each (two differ only in invalid bytes)", n)
 	}
@@ -174,22 +160,7 @@ func TestBadElementsCutOut(t *testing.T) {
 func TestIncidentLargerThanNATSCarries(t *testing.T) {
 	huge := `{"priority":"low","employee_id":1,"timestamp":1,"blob":"` + strings.Repeat("x", 1_500_000) + `"}`
 	page := `{"next":null,"results":[` + huge + `,{"priority":"low","employee_id":2,"timestamp":2}]}`
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(page)) }))
-	t.Cleanup(hs.Close)
-	c, err := upstream.New(upstream.Options{BaseURL: hs.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, js := testkit.Connect(t, testkit.JetStreamWith(t, embedded.Options{MaxPayload: 1 << 20}))
-	p, err := New(Options{Upstream: c, JS: js, Types: []incident.Type{incident.Misuse}, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 3 {
-		if _, err := p.Poll(context.Background(), incident.Misuse); err != nil {
-			t.Fatal(err)
-		}
-	}
+	js := pollPage(t, page, embedded.Options{MaxPayload: 1 << 20}, 3)
 	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 1 {
 		t.Errorf("INCIDENTS_RAW holds %d, want the 1 that fits", n)
 	}
@@ -204,4 +175,27 @@ func TestIncidentLargerThanNATSCarries(t *testing.T) {
 	if m.Header.Get(topology.HeaderDLQReason) != "incident_too_large" || len(m.Data) != 64<<10 {
 		t.Errorf("letter: reason %q, %d bytes", m.Header.Get(topology.HeaderDLQReason), len(m.Data))
 	}
+}
+
+// pollPage serves page as the misuse list and polls it polls times into a
+// server started with o; it returns the server's JetStream.
+func pollPage(t *testing.T, page string, o embedded.Options, polls int) jetstream.JetStream {
+	t.Helper()
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(page)) }))
+	t.Cleanup(hs.Close)
+	c, err := upstream.New(upstream.Options{BaseURL: hs.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, js := testkit.Connect(t, testkit.JetStreamWith(t, o))
+	p, err := New(Options{Upstream: c, JS: js, Types: []incident.Type{incident.Misuse}, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range polls {
+		if _, err := p.Poll(context.Background(), incident.Misuse); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return js
 }
