@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -162,5 +163,24 @@ func TestEventsResumeLosesNothing(t *testing.T) {
 	// An id that was never given (or is no longer kept) resets.
 	if ev := readEvents(t, hs.URL+"/events", "not-a-version", 1, nil); len(ev) != 1 || !strings.HasPrefix(ev[0], "reset") {
 		t.Errorf("bad Last-Event-ID: %v, want a reset", ev)
+	}
+}
+
+// TestEventsOutliveServerTimeouts: a stream lasts past the server's read
+// and write timeouts (which end ordinary requests).
+func TestEventsOutliveServerTimeouts(t *testing.T) {
+	_, kv, a := serveAPI(t, Options{})
+	srv := httptest.NewUnstartedServer(a.Handler())
+	srv.Config.ReadTimeout, srv.Config.WriteTimeout = 300*time.Millisecond, 300*time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	events := readEvents(t, srv.URL+"/events", "", 1, func() {
+		time.Sleep(time.Second) // past both timeouts
+		if _, err := kv.PutString(context.Background(), "7", docOf(7, [4]int{1, 0, 0, 0})); err != nil {
+			t.Error(err)
+		}
+	})
+	if len(events) != 1 || !strings.HasPrefix(events[0], "change ") {
+		t.Fatalf("after the server's timeouts: %v, want a change", events)
 	}
 }
