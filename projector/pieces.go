@@ -287,7 +287,7 @@ func (ps *pieces) prepare(ctx context.Context, kv jetstream.KeyValue, employee s
 			if err != nil {
 				return nil, err
 			}
-			dup = containsID(list, e.ID)
+			dup = view.List(list).Index(e.ID) >= 0
 		}
 		if insert < 0 {
 			insert = -1 - p
@@ -296,14 +296,17 @@ func (ps *pieces) prepare(ctx context.Context, kv jetstream.KeyValue, employee s
 		if err != nil {
 			return nil, err
 		}
-		if dup || (insert < 0 && containsID(list, e.ID)) {
+		if dup {
 			continue
 		}
 		if _, own := changed[insert]; !own {
 			list = clone(list)
 		}
-		list, _ = view.InsertEntry(list, e)
-		changed[insert] = list
+		l := view.List(list)
+		if !l.Insert(e) { // already in the piece it would go to
+			continue
+		}
+		changed[insert] = l
 		added++
 	}
 	if added == 0 {
@@ -363,15 +366,6 @@ func (ps *pieces) forgetManifest(employee string) {
 func isWrongLastSequence(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence
-}
-
-func containsID(list []view.Entry, id string) bool {
-	for _, e := range list {
-		if e.ID == id {
-			return true
-		}
-	}
-	return false
 }
 
 // clone returns a copy of list that the caller may change: cached pieces

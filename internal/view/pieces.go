@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
@@ -247,16 +246,6 @@ func (m *Manifest) Locate(p int, ts incident.Timestamp) (from, to, insert int) {
 		from, to = 0, 0
 	}
 	return from, to, insert
-}
-
-// InsertEntry adds e to entries in order unless its id is there; it
-// reports whether it added.
-func InsertEntry(entries []Entry, e Entry) ([]Entry, bool) {
-	if slices.ContainsFunc(entries, func(x Entry) bool { return x.ID == e.ID }) {
-		return entries, false
-	}
-	i, _ := slices.BinarySearchFunc(entries, e, compareEntries)
-	return slices.Insert(entries, i, e), true
 }
 
 // RefOf describes a piece of priority p holding entries under key.
