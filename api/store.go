@@ -101,11 +101,10 @@ type store struct {
 	recent   []*snapshot
 
 	// Owned by the watch loop.
-	employees         map[string]*body
-	pieces            map[string][]byte // piece key → its incidents
-	revision          uint64            // the last change of the view applied
-	unattributedCount int               // incidents in the unattributed documents
-	changed           map[string]bool   // employees changed since the last snapshot
+	employees map[string]*body
+	pieces    map[string][]byte // piece key → its incidents
+	revision  uint64            // the last change of the view applied
+	changed   map[string]bool   // employees changed since the last snapshot
 	// halfLife, when positive, decays risk scores with the incidents' age;
 	// timestamps then holds each employee's incident times.
 	halfLife   time.Duration
@@ -347,8 +346,7 @@ func (s *store) rebuild() {
 	next.updated = time.Now()
 	c := change{Version: next.version, VersionText: strconv.FormatUint(next.version, 10), Unattributed: s.unattributedDirty}
 	if s.unattributedDirty {
-		next.unattributed = s.prepareUnattributed()
-		next.unattributedCount = s.unattributedCount
+		next.unattributed, next.unattributedCount = s.prepareUnattributed()
 		s.unattributedDirty = false
 	}
 	for emp := range s.changed {
@@ -478,8 +476,9 @@ func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
 	return keys, employees, newGenerationBody(buf, s.boot, s.generation)
 }
 
-// prepareUnattributed merges the unattributed documents into GET /unattributed.
-func (s *store) prepareUnattributed() *body {
+// prepareUnattributed merges the unattributed documents into GET
+// /unattributed; it also returns how many incidents they hold.
+func (s *store) prepareUnattributed() (*body, int) {
 	docs := make([]*view.Unattributed, 0, len(s.unattributed))
 	n := 0
 	for _, d := range s.unattributed {
@@ -487,8 +486,7 @@ func (s *store) prepareUnattributed() *body {
 		n += len(d.Incidents)
 	}
 	s.metrics.viewUnattributed.Set(float64(n))
-	s.unattributedCount = n
-	return newBody(view.MergeUnattributed(docs))
+	return newBody(view.MergeUnattributed(docs)), n
 }
 
 // compareEmployeeIDs orders numeric ids by value, others after them.
