@@ -42,6 +42,11 @@ type PieceRef struct {
 	Count    int             `json:"n"`  // incidents in the piece
 	First    json.RawMessage `json:"lo"` // timestamp of the first incident
 	Last     json.RawMessage `json:"hi"` // timestamp of the last incident
+
+	// lo and hi are First and Last read once (by RefOf or ParseManifest),
+	// for Locate, which a writer calls for every incident it folds.
+	lo, hi incident.Timestamp
+	bad    bool // First or Last is not a timestamp
 }
 
 // Counts returns the incidents per priority.
@@ -69,6 +74,13 @@ func ParseManifest(value []byte) (*Manifest, error) {
 	}
 	if m.Version != ManifestVersion {
 		return nil, fmt.Errorf("decoding manifest: version %d, want %d", m.Version, ManifestVersion)
+	}
+	for i := range m.Pieces {
+		r := &m.Pieces[i]
+		var errLo, errHi error
+		r.lo, errLo = incident.ParseTimestamp(r.First)
+		r.hi, errHi = incident.ParseTimestamp(r.Last)
+		r.bad = errLo != nil || errHi != nil
 	}
 	return &m, nil
 }
@@ -220,18 +232,16 @@ func (m *Manifest) Locate(p int, ts incident.Timestamp) (from, to, insert int) {
 			continue
 		}
 		last = i
-		lo, errLo := incident.ParseTimestamp(r.First)
-		hi, errHi := incident.ParseTimestamp(r.Last)
-		if errLo != nil || errHi != nil {
+		if r.bad {
 			continue
 		}
-		if ts.Compare(hi) > 0 {
+		if ts.Compare(r.hi) > 0 {
 			continue // entirely before ts
 		}
 		if from < 0 {
 			from, insert = i, i
 		}
-		if ts.Compare(lo) < 0 {
+		if ts.Compare(r.lo) < 0 {
 			break // entirely after ts
 		}
 		to = i + 1
@@ -250,8 +260,9 @@ func (m *Manifest) Locate(p int, ts incident.Timestamp) (from, to, insert int) {
 
 // RefOf describes a piece of priority p holding entries under key.
 func RefOf(key string, p int, entries []Entry) PieceRef {
+	first, last := entries[0].Timestamp, entries[len(entries)-1].Timestamp
 	return PieceRef{Key: key, Priority: p, Count: len(entries),
-		First: json.RawMessage(entries[0].Timestamp.Literal), Last: json.RawMessage(entries[len(entries)-1].Timestamp.Literal)}
+		First: json.RawMessage(first.Literal), Last: json.RawMessage(last.Literal), lo: first, hi: last}
 }
 
 // IsPieceKey reports whether a view key names a piece ("<employee>.<id>").
