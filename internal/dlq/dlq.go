@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
@@ -14,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/natsutil"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
@@ -86,16 +86,13 @@ func (p Publisher) Publish(ctx context.Context, l Letter) error {
 	if l.ID != "" {
 		msg.Header.Set(topology.HeaderMsgID, p.Stage+"."+l.ID)
 	}
-	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	ctx, cancel := context.WithTimeout(ctx, natsutil.PublishTimeout)
 	defer cancel()
 	if _, err := p.JS.PublishMsg(ctx, msg); err != nil {
 		return fmt.Errorf("dead-lettering %s from %s: %w", l.ID, l.Subject, err)
 	}
 	return nil
 }
-
-// publishTimeout bounds the wait for a dead letter's acknowledgement.
-const publishTimeout = 10 * time.Second
 
 // maxErrorHeader bounds the Incident-Dlq-Error header.
 const maxErrorHeader = 1024
