@@ -76,9 +76,9 @@ func parseFilter(rawQuery string) (filter, bool, error) {
 				f.until = &v
 			}
 		case "limit":
-			n, err := strconv.Atoi(values[0])
-			if err != nil || len(values) > 1 || !digits(values[0]) || n < 1 || n > maxLimit {
-				return f, true, fmt.Errorf("limit: want a number of employees from 1 to %d", maxLimit)
+			n, err := parseLimit(values)
+			if err != nil {
+				return f, true, err
 			}
 			f.limit = n
 		case "cursor":
@@ -104,6 +104,15 @@ func parseTimestamp(values []string) (float64, bool) {
 	}
 	v, err := strconv.ParseFloat(values[0], 64)
 	return v, err == nil && !math.IsInf(v, 0)
+}
+
+// parseLimit reads the one value of limit=: employees on a page.
+func parseLimit(values []string) (int, error) {
+	n, err := strconv.Atoi(values[0])
+	if err != nil || len(values) > 1 || !digits(values[0]) || n < 1 || n > maxLimit {
+		return 0, fmt.Errorf("limit: want a number of employees from 1 to %d", maxLimit)
+	}
+	return n, nil
 }
 
 func digits(s string) bool {

@@ -76,9 +76,9 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 		}
 		switch key {
 		case "limit":
-			n, err := strconv.Atoi(values[0])
-			if err != nil || !digits(values[0]) || n < 1 || n > maxLimit {
-				writeError(w, http.StatusBadRequest, fmt.Sprintf("limit: want a number of employees from 1 to %d", maxLimit))
+			n, err := parseLimit(values)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, err.Error())
 				return
 			}
 			limit = n
