@@ -68,6 +68,7 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 	}
 	limit := 100
 	snap := a.store.snap.Load()
+	version, ranked := snap.version, snap.ranking
 	start := 0
 	for key, values := range q {
 		if len(values) != 1 {
@@ -88,12 +89,14 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 				writeError(w, http.StatusBadRequest, err.Error())
 				return
 			}
-			if snap = a.store.at(c.version); snap == nil {
+			var kept bool
+			if ranked, kept = a.store.at(c.version); !kept {
 				writeError(w, http.StatusGone, "the ranking this cursor belongs to has moved on; start again without a cursor")
 				return
 			}
-			start, _ = slices.BinarySearchFunc(snap.ranking, risk.Ranked{Employee: c.employee, Score: c.score}, risk.Compare)
-			if start < len(snap.ranking) && snap.ranking[start].Employee == c.employee {
+			version = c.version
+			start, _ = slices.BinarySearchFunc(ranked, risk.Ranked{Employee: c.employee, Score: c.score}, risk.Compare)
+			if start < len(ranked) && ranked[start].Employee == c.employee {
 				start++
 			}
 		default:
@@ -101,9 +104,9 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	end := min(start+limit, len(snap.ranking))
-	page := riskPage{Version: strconv.FormatUint(snap.version, 10), Employees: make([]riskEntry, 0, end-start)}
-	for _, rk := range snap.ranking[start:end] {
+	end := min(start+limit, len(ranked))
+	page := riskPage{Version: strconv.FormatUint(version, 10), Employees: make([]riskEntry, 0, end-start)}
+	for _, rk := range ranked[start:end] {
 		counts := make(map[string]int, 4)
 		for i, p := range incident.Priorities() {
 			counts[string(p)] = rk.Counts[i]
@@ -111,9 +114,9 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 		page.Employees = append(page.Employees, riskEntry{Employee: rk.Employee, Score: math.Round(rk.Score*100) / 100,
 			Level: risk.LevelOf(rk.Score), Counts: counts})
 	}
-	if end < len(snap.ranking) {
-		last := snap.ranking[end-1]
-		next := riskCursor{version: snap.version, score: last.Score, employee: last.Employee}.String()
+	if end < len(ranked) {
+		last := ranked[end-1]
+		next := riskCursor{version: version, score: last.Score, employee: last.Employee}.String()
 		w.Header().Set("X-Next-Cursor", next)
 		w.Header().Set("Link", "<"+r.URL.Path+"?"+url.Values{"cursor": {next}, "limit": {strconv.Itoa(limit)}}.Encode()+`>; rel="next"`)
 	}

@@ -4,12 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/incidentpipe/pipeline/internal/risk"
 	"github.com/incidentpipe/pipeline/internal/testkit"
 )
 
@@ -147,5 +151,39 @@ func TestRiskDecay(t *testing.T) {
 			_, b := do(t, http.MethodGet, hs.URL+"/risk?limit=1", "")
 			return strings.Contains(string(b), `"employee_id":"`+tt.first+`"`), fmt.Sprintf("half-life %s: %s", tt.halfLife, b)
 		})
+	}
+}
+
+// TestRecentRankingsBounded: past versions keep only their rankings, at
+// most keptVersions of them and, for large views, fewer; the current one
+// always stays.
+func TestRecentRankingsBounded(t *testing.T) {
+	s := newStore(slog.New(slog.DiscardHandler), newMetrics(prometheus.NewRegistry()))
+	for v := uint64(1); v <= 40; v++ {
+		s.remember(&snapshot{version: v, ranking: make([]risk.Ranked, 10)})
+	}
+	if len(s.recent) != keptVersions {
+		t.Errorf("small rankings: %d versions kept, want %d", len(s.recent), keptVersions)
+	}
+	if _, ok := s.at(40 - keptVersions); ok {
+		t.Error("a version past keptVersions is still kept")
+	}
+	if r, ok := s.at(40); !ok || len(r) != 10 {
+		t.Errorf("the current version: kept %v, %d entries", ok, len(r))
+	}
+	big := keptRanked/3 + 1
+	for v := uint64(41); v <= 45; v++ {
+		s.remember(&snapshot{version: v, ranking: make([]risk.Ranked, big)})
+	}
+	total := 0
+	for _, r := range s.recent {
+		total += len(r.ranked)
+	}
+	if len(s.recent) != 2 || total > keptRanked {
+		t.Errorf("large rankings: %d versions, %d entries kept, want 2 within %d", len(s.recent), total, keptRanked)
+	}
+	s.remember(&snapshot{version: 46, ranking: make([]risk.Ranked, 2*keptRanked)})
+	if _, ok := s.at(46); !ok || len(s.recent) != 1 {
+		t.Errorf("a ranking larger than the bound: %d versions kept, the current one kept %v", len(s.recent), ok)
 	}
 }

@@ -95,10 +95,11 @@ type store struct {
 
 	snap   atomic.Pointer[snapshot]
 	loaded atomic.Bool
-	// recent are the last snapshots, for a paged ranking to go on at the
-	// version it started at.
+	// recent are the rankings of the last versions, for a paged ranking to
+	// go on at the version it started at. Only rankings are kept: a whole
+	// snapshot holds the full document, which is the view's size again.
 	recentMu sync.Mutex
-	recent   []*snapshot
+	recent   []ranking
 
 	// Owned by the watch loop.
 	employees map[string]*body
@@ -368,28 +369,49 @@ func (s *store) rebuild() {
 	s.metrics.viewUpdated.SetToCurrentTime()
 }
 
-// keptVersions is how many recent snapshots a ranking may be paged in.
-const keptVersions = 16
+// ranking is the risk ranking of one view version.
+type ranking struct {
+	version uint64
+	ranked  []risk.Ranked
+}
+
+// keptVersions is how many recent versions a ranking may be paged in;
+// keptRanked bounds the entries they hold together, so that a large view
+// keeps fewer (the current one is always kept).
+const (
+	keptVersions = 16
+	keptRanked   = 1 << 19
+)
 
 func (s *store) remember(snap *snapshot) {
 	s.recentMu.Lock()
 	defer s.recentMu.Unlock()
-	s.recent = append(s.recent, snap)
-	if len(s.recent) > keptVersions {
-		s.recent = slices.Delete(s.recent, 0, len(s.recent)-keptVersions)
+	if n := len(s.recent); n > 0 && s.recent[n-1].version == snap.version {
+		s.recent[n-1].ranked = snap.ranking
+	} else {
+		s.recent = append(s.recent, ranking{version: snap.version, ranked: snap.ranking})
 	}
+	total, keep := 0, 0
+	for i := len(s.recent) - 1; i >= 0 && keep < keptVersions; i-- {
+		total += len(s.recent[i].ranked)
+		if keep > 0 && total > keptRanked {
+			break
+		}
+		keep++
+	}
+	s.recent = slices.Delete(s.recent, 0, len(s.recent)-keep)
 }
 
-// at returns the snapshot of a view version, if it is still kept.
-func (s *store) at(version uint64) *snapshot {
+// at returns the ranking of a view version, if it is still kept.
+func (s *store) at(version uint64) ([]risk.Ranked, bool) {
 	s.recentMu.Lock()
 	defer s.recentMu.Unlock()
 	for i := len(s.recent) - 1; i >= 0; i-- {
 		if s.recent[i].version == version {
-			return s.recent[i]
+			return s.recent[i].ranked, true
 		}
 	}
-	return nil
+	return nil, false
 }
 
 // rank orders the employees by risk score, each score computed when its

@@ -16,7 +16,8 @@ import (
 var ErrNoDocument = errors.New("no incidents for this employee")
 
 // Document returns one employee's document as GET /incidents/{id} shows
-// it, read from INCIDENT_VIEW: the manifest, then its pieces. A piece
+// it, read from INCIDENT_VIEW: the manifest, then its pieces (unless they
+// are inline). A piece
 // removed meanwhile (a writer replaced the manifest) starts the read over,
 // so the answer is always one whole version of the document.
 func Document(ctx context.Context, js jetstream.JetStream, employee string) ([]byte, error) {
@@ -46,6 +47,9 @@ func Document(ctx context.Context, js jetstream.JetStream, employee string) ([]b
 		frags := map[string][]byte{}
 		missing := false
 		for _, r := range m.Pieces {
+			if r.Inline() {
+				continue
+			}
 			e, err := kv.Get(ctx, r.Key)
 			if errors.Is(err, jetstream.ErrKeyNotFound) {
 				missing = true

@@ -24,6 +24,9 @@ import (
 type pieces struct {
 	nonce string        // this projector's part of every piece key it makes
 	seq   atomic.Uint64 // the rest
+	// inlineBytes is the largest document kept inline in its manifest
+	// (view.InlineBytes; 0: none, for tests of keyed pieces).
+	inlineBytes int
 
 	mu    sync.Mutex
 	cache map[string][]view.Entry
@@ -31,7 +34,8 @@ type pieces struct {
 	// manifests are the manifests this projector last read or wrote, with
 	// their revision: a fold starts from one without reading it again; a
 	// stale one fails its compare-and-set and is read afresh.
-	manifests map[string]known
+	manifests     map[string]known
+	manifestBytes int
 }
 
 type known struct {
@@ -39,8 +43,12 @@ type known struct {
 	rev uint64
 }
 
-// maxManifests bounds the manifests kept.
-const maxManifests = 100_000
+// maxManifests and maxManifestBytes bound the manifests kept (with their
+// inline pieces).
+const (
+	maxManifests     = 100_000
+	maxManifestBytes = 32 << 20
+)
 
 // maxCacheBytes bounds the decoded pieces kept.
 const maxCacheBytes = 64 << 20
@@ -48,7 +56,7 @@ const maxCacheBytes = 64 << 20
 func newPieces() *pieces {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
-	return &pieces{nonce: hex.EncodeToString(b), cache: map[string][]view.Entry{}, manifests: map[string]known{}}
+	return &pieces{nonce: hex.EncodeToString(b), inlineBytes: view.InlineBytes, cache: map[string][]view.Entry{}, manifests: map[string]known{}}
 }
 
 // newKey is a fresh piece key of employee.
@@ -148,11 +156,17 @@ func (ps *pieces) settle(js jetstream.JetStream, c *change, newRev uint64, err e
 		ps.forgetManifest(c.employee)
 		return fmt.Errorf("writing view %s: %w", c.employee, err)
 	}
+	size := 64
+	for _, r := range c.next.Pieces {
+		size += 96 + r.Size
+	}
 	ps.mu.Lock()
-	if len(ps.manifests) >= maxManifests {
+	if len(ps.manifests) >= maxManifests || ps.manifestBytes+size > maxManifestBytes {
 		clear(ps.manifests)
+		ps.manifestBytes = 0
 	}
 	ps.manifests[c.employee] = known{m: c.next, rev: newRev}
+	ps.manifestBytes += size
 	ps.mu.Unlock()
 	// The old pieces are no longer named by any manifest.
 	ps.purge(js, c.replaced)
@@ -164,11 +178,17 @@ func (ps *pieces) settle(js jetstream.JetStream, c *change, newRev uint64, err e
 func (ps *pieces) purge(js jetstream.JetStream, keys []string) {
 	ps.forget(keys)
 	for _, key := range keys {
-		msg := nats.NewMsg("$KV." + topology.BucketView + "." + key)
-		msg.Header.Set("KV-Operation", "PURGE")
-		msg.Header.Set("Nats-Rollup", "sub")
-		_, _ = js.PublishMsgAsync(msg)
+		_, _ = js.PublishMsgAsync(purgeMsg(key))
 	}
+}
+
+// purgeMsg is a purge of a view key as kv.Purge writes it, to be published
+// without waiting for each.
+func purgeMsg(key string) *nats.Msg {
+	msg := nats.NewMsg("$KV." + topology.BucketView + "." + key)
+	msg.Header.Set("KV-Operation", "PURGE")
+	msg.Header.Set("Nats-Rollup", "sub")
+	return msg
 }
 
 // commit writes changes of many employees together: all their pieces in
@@ -268,6 +288,9 @@ func (ps *pieces) prepare(ctx context.Context, kv jetstream.KeyValue, employee s
 		if i < 0 {
 			return nil, nil
 		}
+		if r := m.Pieces[i]; r.Inline() {
+			return view.DecodePiece(r.Data())
+		}
 		list, err := ps.load(ctx, kv, m.Pieces[i].Key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			// Another writer replaced the manifest and removed the piece
@@ -319,12 +342,42 @@ func (ps *pieces) prepare(ctx context.Context, kv jetstream.KeyValue, employee s
 		return nil, nil
 	}
 
+	// A small document stays inline (one value, one write); one that
+	// outgrows it moves every piece under a key of its own.
+	inline := ps.inlineBytes > 0
+	size := 0
+	for i, r := range m.Pieces {
+		if _, ok := changed[i]; !ok {
+			inline = inline && r.Inline()
+			size += r.Size
+		}
+	}
+	for _, list := range changed {
+		for _, e := range list {
+			size += e.StoredSize()
+		}
+	}
+	if inline && size > ps.inlineBytes {
+		inline = false
+		for i, r := range m.Pieces {
+			if _, ok := changed[i]; !ok && r.Inline() {
+				if changed[i], err = view.DecodePiece(r.Data()); err != nil {
+					return nil, fmt.Errorf("view %s: %w", employee, err)
+				}
+			}
+		}
+	}
+
 	// The new manifest: unchanged pieces keep their keys; changed ones
 	// are written anew, split where they grew too large.
 	next := &view.Manifest{}
 	var writes []*nats.Msg
 	var written, replaced []string
 	emit := func(p int, list []view.Entry) {
+		if inline {
+			next.Pieces = append(next.Pieces, view.InlineRefOf(p, list))
+			return
+		}
 		for _, run := range view.Split(list) {
 			key := ps.newKey(employee)
 			data := view.EncodePiece(run)

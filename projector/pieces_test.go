@@ -151,13 +151,86 @@ func TestWholeDocumentOfEarlierVersion(t *testing.T) {
 	}
 }
 
+// TestSmallDocumentInline: a small document is one value, its pieces
+// inline in the manifest; past view.InlineBytes they move under keys of
+// their own; the document is exact throughout.
+func TestSmallDocumentInline(t *testing.T) {
+	js, kv := defaultNATS(t)
+	ctx := context.Background()
+	ps := newPieces()
+	pieceKeys := func() int {
+		keys, err := kv.ListKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for k := range keys.Keys() {
+			if emp, ok := view.IsPieceKey(k); ok && emp == "4" {
+				n++
+			}
+		}
+		return n
+	}
+	if _, err := ps.fold(ctx, js, kv, "4", append(entries(t, 4, 0, 3, "low"), entries(t, 4, 10, 2, "critical")...)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps.fold(ctx, js, kv, "4", entries(t, 4, 20, 1, "low")); err != nil {
+		t.Fatal(err)
+	}
+	checkDocument(t, js, "4", [4]int{4, 0, 0, 2})
+	e, err := kv.Get(ctx, "4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := view.ParseManifest(e.Value())
+	if err != nil || !m.Inline() || len(m.Pieces) != 2 {
+		t.Fatalf("small document: manifest %+v, %v; want two inline pieces", m, err)
+	}
+	if n := pieceKeys(); n != 0 {
+		t.Fatalf("small document: %d piece keys, want none", n)
+	}
+	// A fresh projector reads the inline pieces: nothing is added twice.
+	if added, err := newPieces().fold(ctx, js, kv, "4", entries(t, 4, 0, 3, "low")); err != nil || added != 0 {
+		t.Fatalf("refold of inline incidents: %d added, %v", added, err)
+	}
+	// Outgrowing InlineBytes: every piece moves under a key of its own.
+	big := entries(t, 4, 100, 400, "medium")
+	if added, err := ps.fold(ctx, js, kv, "4", big); err != nil || added != 400 {
+		t.Fatalf("fold past inline: %d added, %v", added, err)
+	}
+	checkDocument(t, js, "4", [4]int{4, 400, 0, 2})
+	e, _ = kv.Get(ctx, "4")
+	if m, err = view.ParseManifest(e.Value()); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range m.Pieces {
+		if r.Inline() {
+			t.Fatalf("a large document keeps an inline piece: %+v", r)
+		}
+	}
+	if n := pieceKeys(); n != len(m.Pieces) {
+		t.Fatalf("%d piece keys for %d pieces", n, len(m.Pieces))
+	}
+}
+
 // TestConcurrentWritersAndReader: two projectors fold into one employee at
 // once; a reader never sees a document with an incident missing that an
 // earlier read showed, nor a broken one, and the end is exact.
 func TestConcurrentWritersAndReader(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		per, batches int
+	}{
+		{"keyed pieces", 400, 10},
+		{"inline, then keyed", 5, 60}, // about 60 KB in all: outgrows inline half-way
+	} {
+		t.Run(tc.name, func(t *testing.T) { concurrentWritersAndReader(t, tc.per, tc.batches) })
+	}
+}
+
+func concurrentWritersAndReader(t *testing.T, per, batches int) {
 	js, kv := defaultNATS(t)
 	ctx := context.Background()
-	const per, batches = 400, 10
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
 	for w := range 2 {
@@ -252,6 +325,7 @@ func TestCommitConflict(t *testing.T) {
 	js, kv := defaultNATS(t)
 	ctx := context.Background()
 	a, b := newPieces(), newPieces()
+	a.inlineBytes, b.inlineBytes = 0, 0 // pieces under keys of their own, which a conflict must purge
 	if _, err := a.fold(ctx, js, kv, "8", entries(t, 8, 0, 10, "low")); err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/wait"
 )
@@ -63,7 +65,7 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) erro
 	if err := wait.For(ctx, 2*time.Second); err != nil {
 		return err
 	}
-	if err := purgeView(ctx, kv); err != nil {
+	if err := purgeView(ctx, js, kv); err != nil {
 		return err
 	}
 	cons, err := topology.EnsureConsumer(ctx, js, topology.StreamEnriched, topology.ProjectorConsumer())
@@ -113,23 +115,21 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) erro
 }
 
 // purgeView removes every document, with purge markers so that watchers
-// (the API) see each removal.
-func purgeView(ctx context.Context, kv jetstream.KeyValue) error {
+// (the API) see each removal. The markers are published together, not one
+// round trip each: a large view holds hundreds of thousands of keys.
+func purgeView(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) error {
 	keys, err := kv.ListKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("rebuild: listing the view: %w", err)
 	}
-	var all []string
+	var msgs []*nats.Msg
 	for k := range keys.Keys() {
-		all = append(all, k)
+		if k != topology.RebuildKey {
+			msgs = append(msgs, purgeMsg(k))
+		}
 	}
-	for _, k := range all {
-		if k == topology.RebuildKey {
-			continue
-		}
-		if err := kv.Purge(ctx, k); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-			return fmt.Errorf("rebuild: purging %s: %w", k, err)
-		}
+	if _, err := stage.PublishAll(ctx, js, msgs); err != nil {
+		return fmt.Errorf("rebuild: purging the view: %w", err)
 	}
 	return nil
 }

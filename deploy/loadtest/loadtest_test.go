@@ -21,7 +21,7 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.docBytes == 0 || rep.full.rps == 0 || rep.fullGz.rps == 0 || rep.one.rps == 0 || rep.freshP99 == 0 || rep.peakRSS == 0 {
+	if rep.docBytes == 0 || rep.full.rps == 0 || rep.fullGz.rps == 0 || rep.one.rps == 0 || rep.freshP99 == 0 || rep.peakRSS == 0 || rep.jsRate == 0 || rep.rebuild == 0 {
 		t.Fatalf("missing figures: %+v", rep)
 	}
 	if rep.full.errors+rep.fullGz.errors+rep.one.errors > 0 {

@@ -8,7 +8,9 @@
 // freshness (upstream to GET /incidents/{id}, p50/p99), API throughput and
 // latency for the full document and one employee (wrk when installed, else a
 // Go client) beside a plain net/http server holding the same bytes, the
-// one-employee p99 while ingesting and idle, and peak RSS. It prints a
+// one-employee p99 while ingesting and idle, peak RSS, and the time
+// `standalone rebuild` takes; beside them, JetStream's async publish rate
+// on an embedded server in the same run, the reference for ingest. It prints a
 // markdown table.
 package main
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/incidentpipe/pipeline/internal/incident"
@@ -18,11 +19,21 @@ import (
 // swaps the manifest with compare-and-set, then deletes the pieces the old
 // manifest named and the new one does not: a reader that follows the
 // manifest sees an employee whole, before or after a change, never half.
+//
+// A small document (most employees) keeps its pieces inline instead: the
+// stored value is the manifest's JSON line, then, after a newline, the
+// inline pieces one after another (a ref's "b" is its length). One value is
+// then the whole document, and a change is one write instead of a piece, a
+// manifest and a purge. Once a document outgrows InlineBytes its pieces move
+// under keys of their own, and stay there (documents only grow).
 
 // MaxPieceBytes bounds a piece's encoded size: well under NATS's default
 // 1 MB max payload, and small enough that rewriting the piece an incident
 // lands in stays cheap.
 const MaxPieceBytes = 128 << 10
+
+// InlineBytes is the largest document whose pieces stay inline.
+const InlineBytes = 32 << 10
 
 // ManifestVersion marks a manifest; a value without it is a whole document
 // as earlier versions stored it.
@@ -37,7 +48,8 @@ type Manifest struct {
 
 // PieceRef names one piece and what it covers.
 type PieceRef struct {
-	Key      string          `json:"k"`
+	Key      string          `json:"k"`           // empty for an inline piece
+	Size     int             `json:"b,omitempty"` // an inline piece's length
 	Priority int             `json:"p"`  // incident.Priority index
 	Count    int             `json:"n"`  // incidents in the piece
 	First    json.RawMessage `json:"lo"` // timestamp of the first incident
@@ -46,7 +58,32 @@ type PieceRef struct {
 	// lo and hi are First and Last read once (by RefOf or ParseManifest),
 	// for Locate, which a writer calls for every incident it folds.
 	lo, hi incident.Timestamp
-	bad    bool // First or Last is not a timestamp
+	bad    bool   // First or Last is not a timestamp
+	data   []byte // an inline piece, as EncodePiece stores it
+}
+
+// Inline reports whether the piece is stored inside the manifest's value.
+func (r PieceRef) Inline() bool { return r.Size > 0 }
+
+// Data returns an inline piece as EncodePiece stores it.
+func (r PieceRef) Data() []byte { return r.data }
+
+// InlineRefOf is a piece of priority p holding entries inside the manifest.
+func InlineRefOf(p int, entries []Entry) PieceRef {
+	r := RefOf("", p, entries)
+	r.data = EncodePiece(entries)
+	r.Size = len(r.data)
+	return r
+}
+
+// Inline reports whether every piece of m is inline (true for none).
+func (m *Manifest) Inline() bool {
+	for _, r := range m.Pieces {
+		if !r.Inline() {
+			return false
+		}
+	}
+	return true
 }
 
 // Counts returns the incidents per priority.
@@ -66,10 +103,11 @@ func IsManifest(value []byte) bool {
 	return bytes.HasPrefix(bytes.TrimSpace(value), []byte(`{"v":`))
 }
 
-// ParseManifest decodes a manifest.
+// ParseManifest decodes a manifest and its inline pieces.
 func ParseManifest(value []byte) (*Manifest, error) {
+	head, inline, _ := bytes.Cut(value, []byte{'\n'})
 	var m Manifest
-	if err := json.Unmarshal(value, &m); err != nil {
+	if err := json.Unmarshal(head, &m); err != nil {
 		return nil, fmt.Errorf("decoding manifest: %w", err)
 	}
 	if m.Version != ManifestVersion {
@@ -81,14 +119,35 @@ func ParseManifest(value []byte) (*Manifest, error) {
 		r.lo, errLo = incident.ParseTimestamp(r.First)
 		r.hi, errHi = incident.ParseTimestamp(r.Last)
 		r.bad = errLo != nil || errHi != nil
+		switch {
+		case r.Size < 0 || r.Size > len(inline):
+			return nil, errors.New("decoding manifest: an inline piece overruns the value")
+		case r.Size > 0:
+			r.data, inline = inline[:r.Size:r.Size], inline[r.Size:]
+		case r.Key == "":
+			return nil, errors.New("decoding manifest: a piece has neither a key nor inline bytes")
+		}
+	}
+	if len(inline) > 0 {
+		return nil, errors.New("decoding manifest: bytes after the inline pieces")
 	}
 	return &m, nil
 }
 
-// Encode returns the stored manifest.
+// Encode returns the stored manifest: its JSON line, then its inline pieces.
 func (m *Manifest) Encode() []byte {
 	m.Version = ManifestVersion
 	b, _ := json.Marshal(m) // plain data: never fails
+	newline := false
+	for _, r := range m.Pieces {
+		if !r.Inline() {
+			continue
+		}
+		if !newline {
+			b, newline = append(b, '\n'), true
+		}
+		b = append(b, r.data...)
+	}
 	return b
 }
 
@@ -170,36 +229,63 @@ func PieceIncidents(value []byte) ([]byte, error) {
 }
 
 // Assemble writes the employee document a manifest describes, as
-// GET /incidents shows it, from its pieces' incidents (by piece key).
+// GET /incidents shows it, from its inline pieces and the incidents of its
+// other pieces (by piece key).
 func Assemble(m *Manifest, incidents func(key string) ([]byte, bool)) ([]byte, error) {
 	counts := m.Counts()
-	var b bytes.Buffer
-	b.WriteByte('{')
+	frags := make([][]byte, len(m.Pieces))
+	size := 2
+	for i, r := range m.Pieces {
+		if r.Inline() {
+			frag, err := PieceIncidents(r.data)
+			if err != nil {
+				return nil, fmt.Errorf("assembling the document: %w", err)
+			}
+			frags[i] = frag
+			size += len(frag) + 1
+			continue
+		}
+		frag, ok := incidents(r.Key)
+		if !ok {
+			return nil, fmt.Errorf("assembling the document: piece %s is missing", r.Key)
+		}
+		frags[i] = frag
+		size += len(frag) + 1
+	}
+	for _, name := range incident.Priorities() {
+		size += len(name) + 48 // the name, its count and the punctuation
+	}
+	// Sized once: the API keeps one of these per employee.
+	b := make([]byte, 0, size)
+	b = append(b, '{')
 	for p, name := range incident.Priorities() {
 		if p > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		fmt.Fprintf(&b, `%q:{"count":%d,"incidents":[`, name, counts[p])
+		b = strconv.AppendQuote(b, string(name))
+		b = append(b, `:{"count":`...)
+		b = strconv.AppendInt(b, int64(counts[p]), 10)
+		b = append(b, `,"incidents":[`...)
 		first := true
-		for _, r := range m.Pieces {
+		for i, r := range m.Pieces {
 			if r.Priority != p {
 				continue
 			}
-			frag, ok := incidents(r.Key)
-			if !ok {
-				return nil, fmt.Errorf("assembling the document: piece %s is missing", r.Key)
-			}
 			if !first {
-				b.WriteByte(',')
+				b = append(b, ',')
 			}
-			b.Write(frag)
+			b = append(b, frags[i]...)
 			first = false
 		}
-		b.WriteString("]}")
+		b = append(b, "]}"...)
 	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
+	b = append(b, '}')
+	return b, nil
 }
+
+// StoredSize is about what an entry costs in a piece: its JSON, its id,
+// its timestamp and separators.
+func (e Entry) StoredSize() int { return len(e.JSON) + len(e.ID) + len(e.Timestamp.Literal) + 16 }
 
 // Split cuts one priority's entries, in order, into runs whose pieces stay
 // under MaxPieceBytes.
@@ -207,8 +293,7 @@ func Split(entries []Entry) [][]Entry {
 	var out [][]Entry
 	start, size := 0, 0
 	for i, e := range entries {
-		// An entry costs its JSON, its id, its timestamp and separators.
-		cost := len(e.JSON) + len(e.ID) + len(e.Timestamp.Literal) + 16
+		cost := e.StoredSize()
 		if size+cost > MaxPieceBytes-256 && i > start {
 			out = append(out, entries[start:i:i])
 			start, size = i, 0

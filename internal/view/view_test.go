@@ -136,3 +136,47 @@ func BenchmarkEmployeeFold(b *testing.B) {
 		_, _ = doc.MarshalJSON()
 	}
 }
+
+// TestManifestInlinePieces: inline pieces round-trip through the stored
+// value and assemble with keyed ones; a value whose inline bytes do not add
+// up is refused.
+func TestManifestInlinePieces(t *testing.T) {
+	low := []Entry{EntryOf(mustDecode(t, incident.Misuse, `{"priority":"low","employee_id":1,"timestamp":1}`))}
+	high := []Entry{EntryOf(mustDecode(t, incident.Misuse, `{"priority":"high","employee_id":1,"timestamp":2}`))}
+	crit := []Entry{EntryOf(mustDecode(t, incident.Misuse, `{"priority":"critical","employee_id":1,"timestamp":3}`))}
+	m := &Manifest{Pieces: []PieceRef{InlineRefOf(0, low), RefOf("1.k", 2, high), InlineRefOf(3, crit)}}
+	value := m.Encode()
+	back, err := ParseManifest(value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Inline() || !back.Pieces[0].Inline() || back.Pieces[1].Inline() || !back.Pieces[2].Inline() {
+		t.Fatalf("pieces read back as %+v", back.Pieces)
+	}
+	got, err := Assemble(back, func(k string) ([]byte, bool) {
+		if k != "1.k" {
+			return nil, false
+		}
+		frag, err := PieceIncidents(EncodePiece(high))
+		return frag, err == nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Employee{}
+	want.Buckets[0], want.Buckets[2], want.Buckets[3] = low, high, crit
+	if w, _ := want.MarshalJSON(); string(got) != string(w) {
+		t.Fatalf("assembled\n%s\nwant\n%s", got, w)
+	}
+	head, _, _ := strings.Cut(string(value), "\n")
+	for name, bad := range map[string]string{
+		"inline bytes missing":   head,
+		"bytes after the pieces": string(value) + "x",
+		"neither key nor bytes":  `{"v":2,"pieces":[{"k":"","p":0,"n":1,"lo":1,"hi":1}]}`,
+		"negative length":        `{"v":2,"pieces":[{"k":"","b":-1,"p":0,"n":1,"lo":1,"hi":1}]}` + "\n",
+	} {
+		if _, err := ParseManifest([]byte(bad)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
