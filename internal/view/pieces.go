@@ -50,10 +50,10 @@ type Manifest struct {
 type PieceRef struct {
 	Key      string          `json:"k"`           // empty for an inline piece
 	Size     int             `json:"b,omitempty"` // an inline piece's length
-	Priority int             `json:"p"`  // incident.Priority index
-	Count    int             `json:"n"`  // incidents in the piece
-	First    json.RawMessage `json:"lo"` // timestamp of the first incident
-	Last     json.RawMessage `json:"hi"` // timestamp of the last incident
+	Priority int             `json:"p"`           // incident.Priority index
+	Count    int             `json:"n"`           // incidents in the piece
+	First    json.RawMessage `json:"lo"`          // timestamp of the first incident
+	Last     json.RawMessage `json:"hi"`          // timestamp of the last incident
 
 	// lo and hi are First and Last read once (by RefOf or ParseManifest),
 	// for Locate, which a writer calls for every incident it folds.
