@@ -27,8 +27,9 @@ import (
 // Upstream is what the producers need of the upstream API.
 type Upstream interface {
 	// IncidentPages hands fn each complete page of type t's incidents, from
-	// start ("" for the first page), and returns where the next poll starts.
-	IncidentPages(ctx context.Context, t incident.Type, start string, fn func(upstream.Page) error) (resume string, err error)
+	// start ("" for the first page), dropping on the way those known reports
+	// stored already, and returns where the next poll starts.
+	IncidentPages(ctx context.Context, t incident.Type, start string, known func(raw []byte) bool, fn func(upstream.Page) error) (resume string, err error)
 	Identities(ctx context.Context) (map[string]json.RawMessage, error)
 }
 
@@ -211,9 +212,9 @@ func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, erro
 	from := p.resume[t]
 	p.mu.Unlock()
 	var res PollResult
-	resume, err := p.up.IncidentPages(ctx, t, from, func(page upstream.Page) error {
+	resume, err := p.up.IncidentPages(ctx, t, from, seen.knownRaw, func(page upstream.Page) error {
 		res.Pages++
-		res.Fetched += len(page.Items)
+		res.Fetched += page.Count
 		stored, err := publishRaw(ctx, p.js, t, seen.fresh(t, page.Items))
 		n := 0
 		for _, r := range stored {

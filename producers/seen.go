@@ -50,6 +50,16 @@ func (s *seenSet) add(r storedIncident) {
 	s.mu.Unlock()
 }
 
+// knownRaw reports whether these exact bytes were stored before: such an
+// incident is dropped while its page is read.
+func (s *seenSet) knownRaw(raw []byte) bool {
+	h := maphash.Bytes(s.seed, raw)
+	s.mu.Lock()
+	_, ok := s.raw[h]
+	s.mu.Unlock()
+	return ok
+}
+
 // fresh returns the incidents of a poll not known to be stored, each once.
 func (s *seenSet) fresh(t incident.Type, items []json.RawMessage) []rawIncident {
 	var out []rawIncident

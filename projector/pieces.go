@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -156,21 +158,26 @@ func (ps *pieces) settle(js jetstream.JetStream, c *change, newRev uint64, err e
 		ps.forgetManifest(c.employee)
 		return fmt.Errorf("writing view %s: %w", c.employee, err)
 	}
+	ps.keep(c.employee, known{m: c.next, rev: newRev})
+	// The old pieces are no longer named by any manifest.
+	ps.purge(js, c.replaced)
+	return nil
+}
+
+// keep remembers an employee's manifest and its revision.
+func (ps *pieces) keep(employee string, k known) {
 	size := 64
-	for _, r := range c.next.Pieces {
+	for _, r := range k.m.Pieces {
 		size += 96 + r.Size
 	}
 	ps.mu.Lock()
+	defer ps.mu.Unlock()
 	if len(ps.manifests) >= maxManifests || ps.manifestBytes+size > maxManifestBytes {
 		clear(ps.manifests)
 		ps.manifestBytes = 0
 	}
-	ps.manifests[c.employee] = known{m: c.next, rev: newRev}
+	ps.manifests[employee] = k
 	ps.manifestBytes += size
-	ps.mu.Unlock()
-	// The old pieces are no longer named by any manifest.
-	ps.purge(js, c.replaced)
-	return nil
 }
 
 // purge removes pieces without waiting (a leftover piece costs space,
@@ -406,6 +413,114 @@ func (ps *pieces) prepare(ctx context.Context, kv jetstream.KeyValue, employee s
 		}
 	}
 	return &change{employee: employee, rev: rev, next: next, writes: writes, written: written, replaced: replaced, added: added}, nil
+}
+
+// prefetchBatch is how many manifests one request reads: the server
+// answers at most 1024 subjects at once.
+const prefetchBatch = 1000
+
+// prefetch reads the manifests of the employees this projector does not
+// remember, many in one request (a direct get of each key's last value),
+// so that a batch over many employees costs a round trip per thousand
+// instead of one each. What it cannot tell (a truncated answer, a whole
+// document of an earlier version, an error) is left to prepare's own read.
+func (ps *pieces) prefetch(ctx context.Context, js jetstream.JetStream, employees []string) {
+	var want []string
+	ps.mu.Lock()
+	for _, e := range employees {
+		if _, ok := ps.manifests[e]; !ok {
+			want = append(want, e)
+		}
+	}
+	ps.mu.Unlock()
+	for len(want) > 0 && ctx.Err() == nil {
+		n := min(len(want), prefetchBatch)
+		found, err := readManifests(ctx, js.Conn(), want[:n])
+		if err != nil {
+			return // prepare reads them one by one
+		}
+		for emp, k := range found {
+			ps.keep(emp, k)
+		}
+		want = want[n:]
+	}
+}
+
+// readManifests reads the stored manifests of employees in one request.
+// An employee absent from the bucket, or deleted, is an empty manifest at
+// the revision a write must build on; a whole document of an earlier
+// version is left out.
+func readManifests(ctx context.Context, nc *nats.Conn, employees []string) (map[string]known, error) {
+	prefix := "$KV." + topology.BucketView + "."
+	req := struct {
+		MultiLast []string `json:"multi_last"`
+		MaxBytes  int      `json:"max_bytes"`
+	}{MaxBytes: 32 << 20}
+	for _, e := range employees {
+		req.MultiLast = append(req.MultiLast, prefix+e)
+	}
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, fmt.Errorf("reading manifests: %w", err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+topology.BucketView, inbox, body); err != nil {
+		return nil, fmt.Errorf("reading manifests: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, stage.PublishTimeout)
+	defer cancel()
+	found := make(map[string]known, len(employees))
+	answered := make(map[string]bool, len(employees))
+	for {
+		msg, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("reading manifests: %w", err)
+		}
+		switch msg.Header.Get("Status") {
+		case "":
+		case "404": // none of them is stored
+			return absentAsEmpty(found, answered, employees), nil
+		case "204": // the end; complete unless more were pending
+			if p := msg.Header.Get("Nats-Num-Pending"); p != "" && p != "0" {
+				return found, nil
+			}
+			return absentAsEmpty(found, answered, employees), nil
+		default:
+			return nil, fmt.Errorf("reading manifests: %s %s", msg.Header.Get("Status"), msg.Header.Get("Description"))
+		}
+		emp, ok := strings.CutPrefix(msg.Header.Get("Nats-Subject"), prefix)
+		rev, err := strconv.ParseUint(msg.Header.Get("Nats-Sequence"), 10, 64)
+		if !ok || err != nil {
+			return nil, errors.New("reading manifests: an answer without its subject or sequence")
+		}
+		answered[emp] = true
+		switch op := msg.Header.Get("KV-Operation"); {
+		case op == "DEL" || op == "PURGE":
+			found[emp] = known{m: &view.Manifest{}, rev: rev}
+		case view.IsManifest(msg.Data):
+			m, err := view.ParseManifest(msg.Data)
+			if err != nil {
+				return nil, fmt.Errorf("view %s: %w", emp, err)
+			}
+			found[emp] = known{m: m, rev: rev}
+		}
+	}
+}
+
+// absentAsEmpty completes a whole answer: employees it does not name have
+// no document yet.
+func absentAsEmpty(found map[string]known, answered map[string]bool, employees []string) map[string]known {
+	for _, e := range employees {
+		if !answered[e] {
+			found[e] = known{m: &view.Manifest{}}
+		}
+	}
+	return found
 }
 
 func (ps *pieces) forgetManifest(employee string) {

@@ -365,3 +365,77 @@ func TestCommitConflict(t *testing.T) {
 		return true, ""
 	})
 }
+
+// TestReadManifests: one request reads many employees' manifests with the
+// revision a write builds on: stored ones, absent ones (0), deleted ones
+// (the marker's); whole documents of an earlier version are left to a
+// read of their own; the server's answer cap of 1024 is split across
+// requests by prefetch.
+func TestReadManifests(t *testing.T) {
+	js, kv := defaultNATS(t)
+	ctx := context.Background()
+	ps := newPieces()
+	if _, err := ps.fold(ctx, js, kv, "1", entries(t, 1, 0, 3, "low")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps.fold(ctx, js, kv, "2", entries(t, 2, 0, 2, "high")); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "3", []byte(`{"critical":{"count":0,"incidents":[]}}`)); err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := kv.Get(ctx, "1")
+	found, err := readManifests(ctx, js.Conn(), []string{"1", "2", "3", "4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := found["1"]; !ok || k.rev != stored.Revision() || k.m.Counts() != [4]int{3, 0, 0, 0} {
+		t.Errorf("stored manifest: %+v, %v", k, ok)
+	}
+	if k, ok := found["2"]; !ok || k.rev <= stored.Revision() || len(k.m.Pieces) != 0 {
+		t.Errorf("deleted: %+v, %v; want an empty manifest at the marker's revision", k, ok)
+	}
+	if _, ok := found["3"]; ok {
+		t.Error("a whole document of an earlier version was read as a manifest")
+	}
+	if k, ok := found["4"]; !ok || k.rev != 0 || len(k.m.Pieces) != 0 {
+		t.Errorf("absent: %+v, %v; want an empty manifest at revision 0", k, ok)
+	}
+	if found, err := readManifests(ctx, js.Conn(), []string{"98", "99"}); err != nil || len(found) != 2 || found["99"].rev != 0 {
+		t.Errorf("none stored: %+v, %v", found, err)
+	}
+
+	// More employees than one request answers; a fold from what prefetch
+	// remembered builds on the right revisions.
+	var many []string
+	for i := range 2500 {
+		many = append(many, fmt.Sprint(1000+i))
+	}
+	for _, emp := range many[:1100] {
+		if _, err := ps.fold(ctx, js, kv, emp, entries(t, 7, 0, 1, "low")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fresh := newPieces()
+	fresh.prefetch(ctx, js, append(many, "1", "2"))
+	if len(fresh.manifests) != len(many)+2 {
+		t.Fatalf("prefetch remembered %d manifests, want %d", len(fresh.manifests), len(many)+2)
+	}
+	for i, emp := range many {
+		if stored := i < 1100; stored != (fresh.manifests[emp].rev > 0) {
+			t.Fatalf("employee %s: stored %v, prefetched revision %d", emp, stored, fresh.manifests[emp].rev)
+		}
+	}
+	for _, emp := range []string{"1", "2", "1001", "3400"} {
+		if _, err := fresh.fold(ctx, js, kv, emp, entries(t, 7, 100, 1, "medium")); err != nil {
+			t.Fatalf("fold into %s after prefetch: %v", emp, err)
+		}
+	}
+	checkDocument(t, js, "1", [4]int{3, 1, 0, 0})
+	checkDocument(t, js, "2", [4]int{0, 1, 0, 0})
+	checkDocument(t, js, "1001", [4]int{1, 1, 0, 0})
+	checkDocument(t, js, "3400", [4]int{0, 1, 0, 0})
+}

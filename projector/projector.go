@@ -196,6 +196,7 @@ func (p *Projector) write(ctx context.Context, kv jetstream.KeyValue, plans map[
 		}
 	}
 	changes := make(map[string]*change, len(employees))
+	p.pieces.prefetch(ctx, p.js, employees)
 	parallel(employees, func(key string) {
 		c, err := p.pieces.prepare(ctx, kv, key, entriesOf(plans[key]))
 		switch {

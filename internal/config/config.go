@@ -262,6 +262,10 @@ func Load(name string, args []string, getenv func(string) string) (Config, error
 	if c.PollInterval < 100*time.Millisecond {
 		return Config{}, errors.New("POLL_INTERVAL: must be at least 100ms")
 	}
+	// Copies of the producers publish a new incident within a poll or two
+	// of each other; JetStream holds every id of the window in memory, so
+	// the window follows the interval instead of a bulk load's whole size.
+	c.Topology.DuplicateWindow = max(2*time.Minute, 3*c.PollInterval)
 	return c, nil
 }
 

@@ -23,8 +23,13 @@ func TestLoad(t *testing.T) {
 	}
 	if c.PollInterval != 2*time.Second || c.UpstreamURL != "http://up" || c.APIAddr != "127.0.0.1:1" ||
 		c.UpstreamPassword.Reveal() != "from-file" || c.Topology.Replicas != 3 || c.NATSListen != "127.0.0.1:4222" ||
-		c.DataDir != "./data" || c.UpstreamMaxBody != 64<<20 {
+		c.DataDir != "./data" || c.UpstreamMaxBody != 64<<20 || c.Topology.DuplicateWindow != 2*time.Minute {
 		t.Fatalf("config %+v", c)
+	}
+	// The duplicate window follows a long poll interval.
+	env["POLL_INTERVAL"] = "5m"
+	if c, err := Load("x", nil, func(k string) string { return env[k] }); err != nil || c.Topology.DuplicateWindow != 15*time.Minute {
+		t.Fatalf("POLL_INTERVAL 5m: duplicate window %v, %v", c.Topology.DuplicateWindow, err)
 	}
 	for _, s := range []string{fmt.Sprint(c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c)} {
 		if strings.Contains(s, "from-file") {

@@ -1,6 +1,7 @@
 package incident
 
 import (
+	"testing/iotest"
 	"encoding/json"
 	"net/netip"
 	"strings"
@@ -111,7 +112,17 @@ func FuzzDecodeResults(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, page string) {
-		items, _, err := DecodeResults([]byte(page))
+		items, next, err := DecodeResults([]byte(page))
+		// Read as it arrives, a byte at a time, the page decodes the same.
+		streamed, serr := ScanResults(iotest.OneByteReader(strings.NewReader(page)), ScanOptions{})
+		if (err == nil) != (serr == nil) || len(streamed.Items) != len(items) || streamed.Next != next {
+			t.Fatalf("streamed: %d items, next %q, %v; whole: %d items, next %q, %v", len(streamed.Items), streamed.Next, serr, len(items), next, err)
+		}
+		for i := range items {
+			if string(items[i]) != string(streamed.Items[i]) {
+				t.Fatalf("item %d: streamed %q, whole %q", i, streamed.Items[i], items[i])
+			}
+		}
 		if err != nil {
 			return
 		}

@@ -3,7 +3,11 @@ package incident
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func TestDecodeIdentityPerType(t *testing.T) {
@@ -175,6 +179,60 @@ func TestDecodeResults(t *testing.T) {
 	for _, bad := range []string{``, `{"results": [{"priority": "hi`, `{"detail":"x"}`, `[]`, `{"results":[]} trailing`} {
 		if _, _, err := DecodeResults([]byte(bad)); err == nil {
 			t.Errorf("DecodeResults(%q) succeeded", bad)
+		}
+	}
+}
+
+// TestScanResults: a page read as it arrives keeps only what Skip does not
+// drop, counts every element, tells Hold before holding more, and returns
+// nothing of a page cut off, however large its incidents.
+func TestScanResults(t *testing.T) {
+	big := `{"note":"` + strings.Repeat("x", 300<<10) + `"}`
+	page := `{"count":4,"results":[{"a":1},` + big + `, {"a":2} ,{"a":3}],"next":"http://x/?page=2"}`
+	held := int64(0)
+	res, err := ScanResults(iotest.HalfReader(strings.NewReader(page)), ScanOptions{
+		Skip: func(raw []byte) bool { return string(raw) == `{"a":2}` },
+		Hold: func(n int64) error { held += n; return nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Count != 4 || len(res.Items) != 3 || string(res.Items[1]) != big || string(res.Items[2]) != `{"a":3}` || res.Next != "http://x/?page=2" {
+		t.Fatalf("got %d of %d items, next %q", len(res.Items), res.Count, res.Next)
+	}
+	if held < int64(len(big)) {
+		t.Errorf("Hold was told of %d bytes; the page keeps more than %d", held, len(big))
+	}
+	full := errors.New("full")
+	if _, err := ScanResults(strings.NewReader(page), ScanOptions{Hold: func(n int64) error { return full }}); !errors.Is(err, full) {
+		t.Errorf("a refused hold: %v", err)
+	}
+	var pe *PageError
+	if res, err := ScanResults(strings.NewReader(page[:len(page)/2]), ScanOptions{}); !errors.As(err, &pe) || len(res.Items) != 0 {
+		t.Errorf("a cut-off page: %d items, %v; want a PageError and nothing", len(res.Items), err)
+	}
+	broken := errors.New("connection reset")
+	if _, err := ScanResults(io.MultiReader(strings.NewReader(page[:100]), iotest.ErrReader(broken)), ScanOptions{}); !errors.Is(err, broken) || errors.As(err, &pe) {
+		t.Errorf("a failed read: %v; want the reader's error", err)
+	}
+}
+
+func BenchmarkScanResultsKnown(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString(`{"results":[`)
+	for i := range 10_000 {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		fmt.Fprintf(&sb, `{"priority":"critical","reported_by":%d,"timestamp":1629254311.8207245,"source_ip":"112.248.31.181"}`, i)
+	}
+	sb.WriteString(`]}`)
+	page := sb.String()
+	b.SetBytes(int64(len(page)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ScanResults(strings.NewReader(page), ScanOptions{Skip: func([]byte) bool { return true }}); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

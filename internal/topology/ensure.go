@@ -28,7 +28,8 @@ type Options struct {
 	// (0: no cap); the oldest messages go first.
 	RawMaxBytes, EnrichedMaxBytes, DLQMaxBytes int64
 	// DuplicateWindow is how long JetStream remembers message ids, covering
-	// several producer copies polling the same upstream.
+	// several producer copies polling the same upstream (config sets it
+	// from POLL_INTERVAL).
 	DuplicateWindow time.Duration
 }
 

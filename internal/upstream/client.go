@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -138,6 +139,20 @@ type Page struct {
 	// Items are the page's incidents, each the exact bytes received; an
 	// item that is not valid JSON is kept as it came, to be refused alone.
 	Items []json.RawMessage
+	// Count is every incident of the page, Items and those known skipped.
+	Count int
+}
+
+// counting counts the bytes read through it.
+type counting struct {
+	r io.Reader
+	n int64
+}
+
+func (c *counting) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Limits bound one poll of one type: however the upstream pages, a poll
@@ -171,7 +186,12 @@ var ErrLimit = errors.New("poll limit reached")
 // where the next call should start: "" once the last page was read, else
 // the first page not handed to fn (the one that failed, or the one past a
 // limit). A page that fails or is cut off is never handed to fn.
-func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start string, fn func(Page) error) (resume string, err error) {
+//
+// Each page is read as it arrives, never held whole: known, when set, is
+// asked about each incident's exact bytes and those it knows are dropped
+// on the way, so that a poll of an upstream that returns every incident
+// each time holds and hands on only what is new.
+func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start string, known func(raw []byte) bool, fn func(Page) error) (resume string, err error) {
 	endpoint := Endpoint(t)
 	first := c.base.JoinPath("incidents", string(t)).String() + "/"
 	next := first
@@ -198,16 +218,16 @@ func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start strin
 		if err != nil || !sameOrigin(u, c.base) {
 			return "", fmt.Errorf("fetching %s: next page link leaves the upstream host", endpoint)
 		}
-		var items []json.RawMessage
 		var link string
-		err = c.do(ctx, endpoint, u.String(), func(body []byte) error {
-			var err error
-			items, link, err = incident.DecodeResults(body)
+		err = c.do(ctx, endpoint, u.String(), func(b body) error {
+			counted := &counting{r: b}
+			res, err := incident.ScanResults(counted, incident.ScanOptions{Skip: known, Hold: b.hold, MaxWindow: int(b.limit) + 1})
 			if err != nil {
 				return err
 			}
-			read += int64(len(body))
-			if err := fn(Page{Number: page, Items: items}); err != nil {
+			link = res.Next
+			read += counted.n
+			if err := fn(Page{Number: page, Items: res.Items, Count: res.Count}); err != nil {
 				return fmt.Errorf("%w: %w", errHandler, err)
 			}
 			return nil
@@ -231,7 +251,7 @@ func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start strin
 // following "next" links: all of them, or an error.
 func (c *Client) Incidents(ctx context.Context, t incident.Type) ([]json.RawMessage, error) {
 	var all []json.RawMessage
-	_, err := c.IncidentPages(ctx, t, "", func(p Page) error {
+	_, err := c.IncidentPages(ctx, t, "", nil, func(p Page) error {
 		all = append(all, p.Items...)
 		return nil
 	})
@@ -244,7 +264,7 @@ func (c *Client) Incidents(ctx context.Context, t incident.Type) ([]json.RawMess
 // Identities returns the upstream's IP → employee id map, values as raw JSON.
 func (c *Client) Identities(ctx context.Context) (map[string]json.RawMessage, error) {
 	var m map[string]json.RawMessage
-	err := c.do(ctx, EndpointIdentities, c.base.JoinPath("identities").String()+"/", func(body []byte) error {
+	err := c.do(ctx, EndpointIdentities, c.base.JoinPath("identities").String()+"/", whole(func(body []byte) error {
 		m = nil
 		if err := json.Unmarshal(body, &m); err != nil {
 			return fmt.Errorf("decoding identities: %w", err)
@@ -253,7 +273,7 @@ func (c *Client) Identities(ctx context.Context) (map[string]json.RawMessage, er
 			return errors.New("decoding identities: not a JSON object")
 		}
 		return nil
-	})
+	}))
 	if err != nil {
 		return nil, fmt.Errorf("fetching %s: %w", EndpointIdentities, err)
 	}

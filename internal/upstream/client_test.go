@@ -248,14 +248,14 @@ func TestVerifiesTheUpstreamCertificate(t *testing.T) {
 	}
 }
 
-// TestBytesInFlightBounded: eight endpoints streaming huge bodies without
-// Content-Length at once hold about MaxInFlight bytes in all, not eight
-// times MaxBody.
+// TestBytesInFlightBounded: eight endpoints streaming huge incidents
+// without Content-Length at once hold about MaxInFlight bytes in all, not
+// eight times MaxBody.
 func TestBytesInFlightBounded(t *testing.T) {
-	chunk := bytes.Repeat([]byte(" "), 64<<10)
+	chunk := bytes.Repeat([]byte("x"), 64<<10)
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = w.Write([]byte(`{"results":[`))
-		for range 1600 { // 100 MiB of white space, never a complete page
+		_, _ = w.Write([]byte(`{"results":["`))
+		for range 1600 { // 100 MiB of one string, never a complete page
 			if _, err := w.Write(chunk); err != nil {
 				return
 			}

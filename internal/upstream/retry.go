@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/incidentpipe/pipeline/internal/incident"
 )
 
 // RetryPolicy bounds the retries of one upstream request: exponential backoff
@@ -88,13 +90,24 @@ type permanent struct{ err error }
 func (p permanent) Error() string { return p.err.Error() }
 func (p permanent) Unwrap() error { return p.err }
 
-// do GETs url, retrying transient failures, and hands a complete body to
-// decode; a decode error is retried too (a cut-off body decodes badly).
-func (c *Client) do(ctx context.Context, endpoint, url string, decode func([]byte) error) error {
+// body is a response body as a handler reads it: at most UPSTREAM_MAX_BODY
+// bytes, and hold accounts the memory the handler keeps of it against the
+// client's in-flight budget (ErrBusy when it is full) until the attempt
+// ends.
+type body struct {
+	io.Reader
+	hold  func(n int64) error
+	limit int64 // the most bytes it can hold
+}
+
+// do GETs url, retrying transient failures, and hands the body to handle;
+// an error reading or decoding it is retried too (a cut-off body decodes
+// badly).
+func (c *Client) do(ctx context.Context, endpoint, url string, handle func(body) error) error {
 	start := time.Now()
 	var err error
 	for attempt := 1; ; attempt++ {
-		err = c.once(ctx, endpoint, url, decode)
+		err = c.once(ctx, endpoint, url, handle)
 		if err == nil {
 			return nil
 		}
@@ -128,7 +141,7 @@ func (c *Client) do(ctx context.Context, endpoint, url string, decode func([]byt
 }
 
 // once makes one attempt.
-func (c *Client) once(ctx context.Context, endpoint, url string, decode func([]byte) error) (err error) {
+func (c *Client) once(ctx context.Context, endpoint, url string, handle func(body) error) (err error) {
 	start := time.Now()
 	defer func() { c.metrics.observe(endpoint, outcome(err), time.Since(start)) }()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -163,55 +176,99 @@ func (c *Client) once(ctx context.Context, endpoint, url string, decode func([]b
 	if resp.ContentLength > c.maxBody {
 		return permanent{ErrTooLarge}
 	}
-	body, release, err := c.read(resp.Body)
-	defer release()
-	if err != nil {
-		return err
-	}
-	if err := decode(body); err != nil {
-		if errors.Is(err, errHandler) {
-			return permanent{err}
+	var held int64
+	defer func() { c.inFlight.Release(held) }()
+	b := body{Reader: &capped{r: resp.Body, left: c.maxBody}, limit: c.maxBody, hold: func(n int64) error {
+		if !c.inFlight.TryAcquire(n) {
+			return ErrBusy
 		}
+		held += n
+		return nil
+	}}
+	err = handle(b)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, errHandler):
+		return permanent{err}
+	case errors.Is(err, ErrTooLarge):
+		return permanent{ErrTooLarge}
+	case isDecodeError(err):
 		return &decodeError{err}
 	}
-	return nil
+	return err
 }
+
+// capped reads at most left bytes; past them it fails with ErrTooLarge.
+type capped struct {
+	r    io.Reader
+	left int64
+}
+
+func (c *capped) Read(p []byte) (int, error) {
+	if c.left < 0 {
+		return 0, ErrTooLarge
+	}
+	if int64(len(p)) > c.left+1 {
+		p = p[:c.left+1]
+	}
+	n, err := c.r.Read(p)
+	c.left -= int64(n)
+	if c.left < 0 {
+		return 0, ErrTooLarge
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = fmt.Errorf("reading body: %w", err)
+	}
+	return n, err
+}
+
+// isDecodeError reports a body that arrived but does not decode.
+func isDecodeError(err error) bool {
+	var pe *incident.PageError
+	var u undecodable
+	return errors.As(err, &pe) || errors.As(err, &u)
+}
+
+// undecodable marks a decoder's refusal of a whole body.
+type undecodable struct{ error }
+
+func (u undecodable) Unwrap() error { return u.error }
 
 // ErrBusy is returned when the bodies being read already hold the client's
 // in-flight byte budget; the request is retried later.
 var ErrBusy = errors.New("upstream responses in flight hold UPSTREAM_MAX_IN_FLIGHT bytes")
 
-// read reads a body of at most maxBody bytes. The memory it takes (the
-// buffer's capacity) counts against the in-flight budget until release.
-func (c *Client) read(r io.Reader) (body []byte, release func(), err error) {
-	var held int64
-	release = func() { c.inFlight.Release(held) }
-	for {
-		if len(body) == cap(body) {
-			// Grow by doubling, from 64 KiB, never past maxBody+1.
-			newCap := min(max(2*int64(cap(body)), 64<<10), c.maxBody+1)
-			if newCap <= int64(cap(body)) {
-				return nil, release, permanent{ErrTooLarge}
+// whole reads a whole body, its memory held against the in-flight budget,
+// and hands it to decode; decode's errors are decode errors.
+func whole(decode func([]byte) error) func(body) error {
+	return func(b body) error {
+		var buf []byte
+		for {
+			if len(buf) == cap(buf) {
+				// Grow by doubling, from 64 KiB, to the cap (and one
+				// byte past it, for capped to tell a body too large).
+				grown := int(min(int64(max(2*cap(buf), 64<<10)), b.limit+1))
+				if err := b.hold(int64(grown - cap(buf))); err != nil {
+					return err
+				}
+				buf = append(make([]byte, 0, grown), buf...)
 			}
-			if !c.inFlight.TryAcquire(newCap - held) {
-				return nil, release, ErrBusy
+			n, err := b.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+n]
+			if errors.Is(err, io.EOF) {
+				break
 			}
-			held = newCap
-			grown := make([]byte, len(body), newCap)
-			copy(grown, body)
-			body = grown
+			if err != nil {
+				return err
+			}
 		}
-		n, err := r.Read(body[len(body):cap(body)])
-		body = body[:len(body)+n]
-		if int64(len(body)) > c.maxBody {
-			return nil, release, permanent{ErrTooLarge}
+		if err := decode(buf); err != nil && !errors.Is(err, errHandler) {
+			return undecodable{err}
+		} else if err != nil {
+			return err
 		}
-		if errors.Is(err, io.EOF) {
-			return body, release, nil
-		}
-		if err != nil {
-			return nil, release, fmt.Errorf("reading body: %w", err)
-		}
+		return nil
 	}
 }
 
