@@ -1,11 +1,11 @@
 package incident
 
 import (
-	"testing/iotest"
 	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // FuzzDecode feeds arbitrary bytes as an incident of every type: decoding

@@ -67,13 +67,13 @@ func (e *errCutOff) Error() string { return e.msg }
 const readChunk = 64 << 10
 
 type pageScanner struct {
-	r    io.Reader
+	r         io.Reader
 	hold      func(n int64) error
 	maxWindow int
 	buf       []byte // buf[pos:] is read and not yet scanned
-	pos  int
-	base int64 // bytes of the body before buf[0]
-	eof  bool
+	pos       int
+	base      int64 // bytes of the body before buf[0]
+	eof       bool
 }
 
 func (s *pageScanner) fail(format string, args ...any) error {
