@@ -221,16 +221,21 @@ func serve(w http.ResponseWriter, r *http.Request, b *body) {
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
-	raw := b.raw
-	if acceptsGzip(r) {
-		raw = b.gzipped()
-		h.Set("Content-Encoding", "gzip")
-	}
 	h.Set("Content-Type", "application/json")
-	h.Set("Content-Length", strconv.Itoa(len(raw)))
+	if acceptsGzip(r) {
+		gz := b.gzipped()
+		h.Set("Content-Encoding", "gzip")
+		h.Set("Content-Length", strconv.Itoa(len(gz)))
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			_, _ = w.Write(gz)
+		}
+		return
+	}
+	h.Set("Content-Length", strconv.Itoa(b.length()))
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write(raw)
+		_ = b.writeTo(w)
 	}
 }
 

@@ -1,12 +1,14 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"io"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -26,8 +28,13 @@ import (
 // body is a response prepared once: its bytes, its ETag, and a gzip copy
 // and a parsed copy made on first demand.
 type body struct {
-	raw  []byte
-	etag string
+	raw []byte
+	// parts, for the full document, are its bytes in order, borrowed from
+	// the employees' bodies instead of copied into raw: the view is held
+	// once, not twice.
+	parts [][]byte
+	size  int
+	etag  string
 	once sync.Once
 	gz   []byte
 
@@ -53,10 +60,62 @@ func newBody(raw []byte) *body {
 	return &body{raw: raw, etag: `"` + strconv.FormatUint(h.Sum64(), 36) + "-" + strconv.Itoa(len(raw)) + `"`}
 }
 
-// newGenerationBody is newBody for large documents: its ETag names the
-// process and the generation of the view instead of hashing every byte.
-func newGenerationBody(raw []byte, boot string, generation uint64) *body {
-	return &body{raw: raw, etag: `"` + boot + "-" + strconv.FormatUint(generation, 36) + `"`}
+// first is 1 for the first employee of the full document, whose prefix
+// goes without its comma.
+func first(i int) int {
+	if i == 0 {
+		return 1
+	}
+	return 0
+}
+
+// generationETag names a large document by the process and the generation
+// of the view instead of hashing every byte.
+func generationETag(boot string, generation uint64) string {
+	return `"` + boot + "-" + strconv.FormatUint(generation, 36) + `"`
+}
+
+// bytes returns the uncompressed body in one piece (a copy for parts).
+func (b *body) bytes() []byte {
+	if b.parts == nil {
+		return b.raw
+	}
+	return bytes.Join(b.parts, nil)
+}
+
+// length is the size of the uncompressed body.
+func (b *body) length() int {
+	if b.parts != nil {
+		return b.size
+	}
+	return len(b.raw)
+}
+
+// maxCopiedDocument is the largest full document kept as one copy; a
+// larger one is served from the employees' bodies (parts), so that a large
+// view is held once and a change does not copy all of it again.
+const maxCopiedDocument = 32 << 20
+
+// copyBuffers are the buffers parts are gathered in on the way out.
+var copyBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+
+// writeTo writes the uncompressed body: parts are gathered into 64 KiB
+// writes, as a static server's file would go out.
+func (b *body) writeTo(w io.Writer) error {
+	if b.parts == nil {
+		_, err := w.Write(b.raw)
+		return err
+	}
+	bw := copyBuffers.Get().(*bufio.Writer)
+	defer copyBuffers.Put(bw)
+	bw.Reset(w)
+	defer bw.Reset(nil)
+	for _, p := range b.parts {
+		if _, err := bw.Write(p); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
 }
 
 // gzipped returns the compressed copy, compressing at most once.
@@ -64,7 +123,7 @@ func (b *body) gzipped() []byte {
 	b.once.Do(func() {
 		var buf bytes.Buffer
 		zw, _ := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
-		_, _ = zw.Write(b.raw)
+		_ = b.writeTo(zw)
 		_ = zw.Close()
 		b.gz = buf.Bytes()
 	})
@@ -92,6 +151,9 @@ type store struct {
 	// MinRebuild is the least time between two rebuilds: many changes in a
 	// burst make one rebuild.
 	minRebuild time.Duration
+	// maxCopied is the largest full document kept as one copy
+	// (maxCopiedDocument; tests lower it).
+	maxCopied int
 
 	snap   atomic.Pointer[snapshot]
 	loaded atomic.Bool
@@ -103,6 +165,7 @@ type store struct {
 
 	// Owned by the watch loop.
 	employees map[string]*body
+	prefixes  map[string][]byte // employee → `,"id":`, its part of the full document
 	pieces    map[string][]byte // piece key → its incidents
 	revision  uint64            // the last change of the view applied
 	changed   map[string]bool   // employees changed since the last snapshot
@@ -129,7 +192,7 @@ type store struct {
 }
 
 func newStore(log *slog.Logger, m *metrics) *store {
-	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond, boot: strconv.FormatInt(time.Now().UnixNano(), 36)}
+	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond, maxCopied: maxCopiedDocument, boot: strconv.FormatInt(time.Now().UnixNano(), 36)}
 	s.reset()
 	s.snap.Store(&snapshot{all: newBody([]byte("{}")), employees: map[string]*body{}, unattributed: newBody([]byte(`{"count":0,"incidents":[]}`))})
 	return s
@@ -139,6 +202,7 @@ func (s *store) reset() {
 	s.frozenUntil = time.Time{}
 	s.employeesDirty, s.unattributedDirty = true, true
 	s.employees = map[string]*body{}
+	s.prefixes = map[string][]byte{}
 	s.pieces = map[string][]byte{}
 	s.counts = map[string][4]int{}
 	s.scores = map[string]scored{}
@@ -294,6 +358,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 	}
 	if deleted {
 		delete(s.employees, key)
+		delete(s.prefixes, key)
 		delete(s.counts, key)
 		delete(s.timestamps, key)
 		return
@@ -465,26 +530,54 @@ type scored struct {
 // prepareEmployees concatenates the employees' documents, prepared when each
 // changed, into the full GET /incidents document.
 func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
-	keys := make([]string, 0, len(s.employees))
-	size := 2
+	// Each employee is two parts of the full document: `,"id":` (kept
+	// from one snapshot to the next) and its document.
+	type part struct {
+		key    string
+		prefix []byte
+		doc    *body
+	}
+	ordered := make([]part, 0, len(s.employees))
+	size := 1
 	for k, b := range s.employees {
-		keys = append(keys, k)
-		size += len(k) + len(b.raw) + 4
-	}
-	slices.SortFunc(keys, compareEmployeeIDs)
-	buf := make([]byte, 0, size)
-	buf = append(buf, '{')
-	employees := make(map[string]*body, len(keys))
-	for i, k := range keys {
-		if i > 0 {
-			buf = append(buf, ',')
+		prefix, ok := s.prefixes[k]
+		if !ok {
+			prefix = append(strconv.AppendQuote([]byte{','}, k), ':')
+			s.prefixes[k] = prefix
 		}
-		buf = strconv.AppendQuote(buf, k)
-		buf = append(buf, ':')
-		buf = append(buf, s.employees[k].raw...)
-		employees[k] = s.employees[k]
+		ordered = append(ordered, part{k, prefix, b})
+		size += len(prefix) + len(b.raw)
 	}
-	buf = append(buf, '}')
+	slices.SortFunc(ordered, func(a, b part) int { return compareEmployeeIDs(a.key, b.key) })
+	if len(ordered) == 0 {
+		size++ // no first comma to leave out
+	}
+	keys := make([]string, len(ordered))
+	employees := make(map[string]*body, len(ordered))
+	for i, p := range ordered {
+		keys[i] = p.key
+		employees[p.key] = p.doc
+	}
+	var full *body
+	if size <= s.maxCopied {
+		// Small enough to copy: one write per response, as a static
+		// server's, beats gathering parts.
+		buf := make([]byte, 0, size)
+		buf = append(buf, '{')
+		for i, p := range ordered {
+			buf = append(buf, p.prefix[first(i):]...)
+			buf = append(buf, p.doc.raw...)
+		}
+		full = &body{raw: append(buf, '}'), etag: generationETag(s.boot, s.generation)}
+	} else {
+		// Borrowed, not copied: the view is held once.
+		parts := make([][]byte, 0, 2*len(ordered)+2)
+		parts = append(parts, []byte{'{'})
+		for i, p := range ordered {
+			parts = append(parts, p.prefix[first(i):], p.doc.raw)
+		}
+		full = &body{parts: append(parts, []byte{'}'}), size: size, etag: generationETag(s.boot, s.generation)}
+	}
 	var totals [4]int
 	for _, c := range s.counts {
 		for i := range totals {
@@ -495,7 +588,7 @@ func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
 	for i, p := range incident.Priorities() {
 		s.metrics.viewIncidents.WithLabelValues(string(p)).Set(float64(totals[i]))
 	}
-	return keys, employees, newGenerationBody(buf, s.boot, s.generation)
+	return keys, employees, full
 }
 
 // prepareUnattributed merges the unattributed documents into GET
