@@ -35,8 +35,8 @@ type body struct {
 	parts [][]byte
 	size  int
 	etag  string
-	once sync.Once
-	gz   []byte
+	once  sync.Once
+	gz    []byte
 
 	parseOnce sync.Once
 	parsed    *view.Employee
