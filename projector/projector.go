@@ -104,44 +104,71 @@ func (p *Projector) Run(ctx context.Context) error {
 	return nil
 }
 
+// batch is the plans of a batch of enriched incidents, one per document,
+// in the order documents were first touched.
+type batch struct {
+	plans map[string]*plan
+	order []string
+	bytes int // about what the planned incidents hold in memory
+}
+
+func newBatch() *batch { return &batch{plans: map[string]*plan{}} }
+
+func (b *batch) add(key string, o op) {
+	pl := b.plans[key]
+	if pl == nil {
+		pl = &plan{key: key}
+		b.plans[key] = pl
+		b.order = append(b.order, key)
+	}
+	pl.ops = append(pl.ops, o)
+}
+
+// plan adds one enriched message (its data and headers) to the batch as
+// message i: it returns the documents it touches, or why it is invalid.
+func (b *batch) plan(i int, data []byte, h nats.Header) ([]string, *stage.Outcome) {
+	id := h.Get(topology.HeaderMsgID)
+	env, in, err := envelope.Decode(data)
+	if err != nil {
+		out := stage.Rejected(string(env.Type), id, err)
+		return nil, &out
+	}
+	ip, hasIP := env.Addr()
+	b.bytes += 2*len(data) + 192 // the incident decoded, and its entry
+	switch {
+	case env.EmployeeID == "" && !hasIP:
+		out := stage.Rejected(string(env.Type), id, &incident.InvalidError{Reason: incident.ReasonInvalidEnvelope, Detail: "unattributed incident without a valid ip"})
+		return nil, &out
+	case env.EmployeeID == "":
+		key := topology.UnattributedKey(ip)
+		b.add(key, op{kind: opUnattributed, in: in, msg: i})
+		return []string{key}, nil
+	case h.Get(topology.HeaderReattributed) != "" && hasIP:
+		emp, un := topology.EmployeeKey(env.EmployeeID), topology.UnattributedKey(ip)
+		b.add(emp, op{kind: opEmployee, in: in, msg: i})
+		b.add(un, op{kind: opAttributed, in: in, msg: i})
+		return []string{emp, un}, nil
+	default:
+		key := topology.EmployeeKey(env.EmployeeID)
+		b.add(key, op{kind: opEmployee, in: in, msg: i})
+		return []string{key}, nil
+	}
+}
+
 // handle folds a batch: the changes to each document are grouped, in
 // message order, into one compare-and-set write; a message is done when all
 // documents it touches are written.
 func (p *Projector) handle(ctx context.Context, kv jetstream.KeyValue, msgs []jetstream.Msg) []stage.Outcome {
 	out := make([]stage.Outcome, len(msgs))
-	plans := map[string]*plan{}
-	var order []string
+	b := newBatch()
 	touches := make([][]string, len(msgs))
-	add := func(i int, key string, o op) {
-		pl := plans[key]
-		if pl == nil {
-			pl = &plan{key: key}
-			plans[key] = pl
-			order = append(order, key)
-		}
-		pl.ops = append(pl.ops, o)
-		touches[i] = append(touches[i], key)
-	}
 	for i, m := range msgs {
-		id := m.Headers().Get(topology.HeaderMsgID)
-		env, in, err := envelope.Decode(m.Data())
-		if err != nil {
-			out[i] = stage.Rejected(string(env.Type), id, err)
-			continue
-		}
-		ip, hasIP := env.Addr()
-		switch {
-		case env.EmployeeID == "" && !hasIP:
-			out[i] = stage.Rejected(string(env.Type), id, &incident.InvalidError{Reason: incident.ReasonInvalidEnvelope, Detail: "unattributed incident without a valid ip"})
-		case env.EmployeeID == "":
-			add(i, topology.UnattributedKey(ip), op{kind: opUnattributed, in: in, msg: i})
-		case m.Headers().Get(topology.HeaderReattributed) != "" && hasIP:
-			add(i, topology.EmployeeKey(env.EmployeeID), op{kind: opEmployee, in: in, msg: i})
-			add(i, topology.UnattributedKey(ip), op{kind: opAttributed, in: in, msg: i})
-		default:
-			add(i, topology.EmployeeKey(env.EmployeeID), op{kind: opEmployee, in: in, msg: i})
+		var rejected *stage.Outcome
+		if touches[i], rejected = b.plan(i, m.Data(), m.Headers()); rejected != nil {
+			out[i] = *rejected
 		}
 	}
+	plans, order := b.plans, b.order
 
 	results := p.write(ctx, kv, plans, order)
 

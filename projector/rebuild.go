@@ -11,7 +11,6 @@ import (
 
 	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
-	"github.com/incidentpipe/pipeline/internal/wait"
 )
 
 // RebuildOptions configure Rebuild.
@@ -22,19 +21,31 @@ type RebuildOptions struct {
 	// Hold is how long the API keeps serving the previous view at most, in
 	// case the rebuild dies half-way (default 30m).
 	Hold time.Duration
-	// Projector runs the replay; the projectors already running (if any)
-	// share the work.
+	// Projector folds the replay.
 	Projector Options
+	// Memory bounds what is folded in memory before it is written
+	// (default rebuildMemory).
+	Memory int
 }
+
+// rebuildMemory bounds what a rebuild folds in memory before it writes:
+// a view that fits is written once, each employee in one write.
+const rebuildMemory = 512 << 20
 
 // Rebuild rebuilds INCIDENT_VIEW from INCIDENTS_ENRICHED while the pipeline
 // runs: it marks the rebuild (the API keeps serving the previous view),
-// removes the projector consumer, empties the view, recreates the consumer
-// from the first message, and projects until the replay reaches the end of
-// the stream as it was when the rebuild began.
+// empties the view, and folds the stream as it was when the rebuild began
+// in memory, writing what it holds whenever it reaches o.Memory and at the
+// end (each employee once, for a view that fits). The projectors go on
+// meanwhile: every write is a compare-and-set and folding is idempotent,
+// so what they add and what the rebuild adds make the same view in any
+// order.
 func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) error {
 	if o.Hold <= 0 {
 		o.Hold = 30 * time.Minute
+	}
+	if o.Memory <= 0 {
+		o.Memory = rebuildMemory
 	}
 	o.Projector.JS = js
 	stream, err := js.Stream(ctx, topology.StreamEnriched)
@@ -57,61 +68,106 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) erro
 	// However it ends, the API must not stay on the old view.
 	defer func() { _ = kv.Delete(context.WithoutCancel(ctx), topology.RebuildKey) }()
 
-	if err := js.DeleteConsumer(ctx, topology.StreamEnriched, topology.ConsumerProjector); err != nil &&
-		!errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fmt.Errorf("rebuild: removing consumer %s: %w", topology.ConsumerProjector, err)
-	}
-	// Let batches that running projectors fetched before finish writing.
-	if err := wait.For(ctx, 2*time.Second); err != nil {
-		return err
-	}
 	if err := purgeView(ctx, js, kv); err != nil {
 		return err
-	}
-	cons, err := topology.EnsureConsumer(ctx, js, topology.StreamEnriched, topology.ProjectorConsumer())
-	if err != nil {
-		return fmt.Errorf("rebuild: %w", err)
 	}
 	p, err := New(o.Projector)
 	if err != nil {
 		return err
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	defer stop()
-	done := make(chan error, 1)
-	go func() { done <- p.Run(runCtx) }()
+	total := uint64(0)
+	if target >= first && target > 0 {
+		total = target - first + 1
+		if err := p.replay(ctx, kv, first, target, o.Memory, o.Progress); err != nil {
+			return err
+		}
+	}
+	if o.Progress != nil {
+		o.Progress(total, total)
+	}
+	return nil
+}
 
-	total := target - first + 1
-	if target == 0 {
-		total = 0
+// replay folds INCIDENTS_ENRICHED from first to last into the view, in
+// memory up to memory bytes at a time. What a live projector would
+// dead-letter was dead-lettered when it first came: it is skipped.
+func (p *Projector) replay(ctx context.Context, kv jetstream.KeyValue, first, last uint64, memory int, progress func(done, total uint64)) error {
+	cons, err := p.js.OrderedConsumer(ctx, topology.StreamEnriched, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{topology.EnrichedSubjects},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    first,
+	})
+	if err != nil {
+		return fmt.Errorf("rebuild: reading %s: %w", topology.StreamEnriched, err)
 	}
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
+	it, err := cons.Messages(jetstream.PullMaxMessages(4096))
+	if err != nil {
+		return fmt.Errorf("rebuild: reading %s: %w", topology.StreamEnriched, err)
+	}
+	defer it.Stop()
+	b := newBatch()
+	skipped := 0
+	flush := func() error {
+		defer func() { b = newBatch() }()
+		order := b.order
+		for attempt := 1; len(order) > 0; attempt++ {
+			var failed []string
+			var last error
+			for key, err := range p.write(ctx, kv, b.plans, order) {
+				switch {
+				case err == nil:
+				case errors.Is(err, nats.ErrMaxPayload):
+					// Dead-lettered as too large when first projected.
+					p.log.Warn("rebuild skipped a document too large for NATS", "key", key, "error", err)
+				default:
+					failed, last = append(failed, key), err
+				}
+			}
+			if len(failed) > 0 && attempt == 3 {
+				return fmt.Errorf("rebuild: writing %d documents: %w", len(failed), last)
+			}
+			order = failed
+		}
+		return nil
+	}
+	total := last - first + 1
+	lastProgress := time.Now()
 	for {
-		ci, err := cons.Info(ctx)
-		if err == nil {
-			floor := min(ci.AckFloor.Stream, target)
-			replayed := uint64(0)
-			if floor >= first {
-				replayed = floor - first + 1
-			}
-			if o.Progress != nil {
-				o.Progress(replayed, total)
-			}
-			if floor >= target {
-				stop()
-				<-done
-				return nil
+		m, err := it.Next(jetstream.NextMaxWait(30 * time.Second))
+		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
+			break // the last messages went (MaxAge) while they were replayed
+		}
+		if err != nil {
+			return fmt.Errorf("rebuild: reading %s: %w", topology.StreamEnriched, err)
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("rebuild: %w", err)
+		}
+		seq := meta.Sequence.Stream
+		if seq > last {
+			break
+		}
+		if _, rejected := b.plan(0, m.Data(), m.Headers()); rejected != nil {
+			skipped++
+		}
+		if b.bytes >= memory {
+			if err := flush(); err != nil {
+				return err
 			}
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-done:
-			return fmt.Errorf("rebuild: projector stopped: %w", err)
-		case <-tick.C:
+		if progress != nil && time.Since(lastProgress) >= time.Second {
+			progress(seq-first+1, total)
+			lastProgress = time.Now()
+		}
+		if seq == last {
+			break
 		}
 	}
+	if skipped > 0 {
+		p.log.Warn("rebuild skipped invalid incidents (dead-lettered when first projected)", "count", skipped)
+	}
+	return flush()
 }
 
 // purgeView removes every document, with purge markers so that watchers

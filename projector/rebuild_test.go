@@ -17,8 +17,19 @@ import (
 )
 
 // TestProjectAndRebuild: enriched incidents become documents; a live
-// rebuild gives the same documents, and a lost one back.
+// rebuild gives the same documents, and a lost one back, whether the view
+// is folded in memory at once or in several writes; what arrives after
+// the rebuild began is projected by the projectors.
 func TestProjectAndRebuild(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		memory int
+	}{{"in memory at once", 0}, {"in several writes", 4 << 10}} {
+		t.Run(tc.name, func(t *testing.T) { projectAndRebuild(t, tc.memory) })
+	}
+}
+
+func projectAndRebuild(t *testing.T, memory int) {
 	_, js := testkit.Connect(t, testkit.JetStream(t))
 	ctx := context.Background()
 	for i := range 300 {
@@ -67,7 +78,7 @@ func TestProjectAndRebuild(t *testing.T) {
 	}
 	rb, rbCancel := context.WithTimeout(ctx, time.Minute)
 	defer rbCancel()
-	if err := Rebuild(rb, js, RebuildOptions{Projector: Options{Registerer: prometheus.NewRegistry()}}); err != nil {
+	if err := Rebuild(rb, js, RebuildOptions{Memory: memory, Projector: Options{Registerer: prometheus.NewRegistry()}}); err != nil {
 		t.Fatal(err)
 	}
 	for emp, want := range docs {
@@ -76,6 +87,22 @@ func TestProjectAndRebuild(t *testing.T) {
 			t.Errorf("employee %s after the rebuild: %v\n%.200s\nwant\n%.200s", emp, err, got, want)
 		}
 	}
+	// After the rebuild, the running projector goes on from where it ended.
+	raw := []byte(`{"priority":"high","employee_id":4,"timestamp":5000}`)
+	env := envelope.Enriched{ID: incident.ID(incident.Misuse, raw), Type: incident.Misuse, EmployeeID: "4", Incident: raw}
+	b, _ := env.Encode()
+	m := nats.NewMsg(topology.EnrichedSubject("4"))
+	m.Data = b
+	if _, err := js.PublishMsg(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
+		d, err := Document(ctx, js, "4")
+		if err != nil {
+			return false, err.Error()
+		}
+		return mustCounts(t, d) == [4]int{0, 0, 1, 0}, string(d)
+	})
 }
 
 func mustCounts(t *testing.T, doc []byte) [4]int {
