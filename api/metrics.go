@@ -16,6 +16,7 @@ type metrics struct {
 	viewIncidents    *prometheus.GaugeVec
 	viewUnattributed prometheus.Gauge
 	viewUpdated      prometheus.Gauge
+	snapshotSeconds  prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,8 +42,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "incidents_view_last_update_timestamp_seconds",
 			Help: "When the served view last changed.",
 		}),
+		snapshotSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "incidents_api_snapshot_seconds",
+			Help:    "Time to prepare what the API serves after the view changed; the next is prepared no sooner than 5x this later.",
+			Buckets: []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
+		}),
 	}
-	reg.MustRegister(m.requests, m.viewEmployees, m.viewIncidents, m.viewUnattributed, m.viewUpdated)
+	reg.MustRegister(m.requests, m.viewEmployees, m.viewIncidents, m.viewUnattributed, m.viewUpdated, m.snapshotSeconds)
 	return m
 }
 

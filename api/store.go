@@ -165,6 +165,10 @@ type store struct {
 
 	// Owned by the watch loop.
 	employees map[string]*body
+	// sorted are the employees in document order, sorted again only when
+	// they are no longer the same (a snapshot shares it: it is replaced,
+	// never changed).
+	sorted    []string
 	prefixes  map[string][]byte // employee → `,"id":`, its part of the full document
 	pieces    map[string][]byte // piece key → its incidents
 	revision  uint64            // the last change of the view applied
@@ -202,6 +206,7 @@ func (s *store) reset() {
 	s.frozenUntil = time.Time{}
 	s.employeesDirty, s.unattributedDirty = true, true
 	s.employees = map[string]*body{}
+	s.sorted = nil
 	s.prefixes = map[string][]byte{}
 	s.pieces = map[string][]byte{}
 	s.counts = map[string][4]int{}
@@ -431,6 +436,7 @@ func (s *store) rebuild() {
 		s.onChange(c)
 	}
 	s.lastRebuild = time.Since(start)
+	s.metrics.snapshotSeconds.Observe(s.lastRebuild.Seconds())
 	s.metrics.viewUpdated.SetToCurrentTime()
 }
 
@@ -530,33 +536,43 @@ type scored struct {
 // prepareEmployees concatenates the employees' documents, prepared when each
 // changed, into the full GET /incidents document.
 func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
+	same := len(s.sorted) == len(s.employees)
+	for _, k := range s.sorted {
+		if _, ok := s.employees[k]; !ok || !same {
+			same = false
+			break
+		}
+	}
+	if !same {
+		s.sorted = make([]string, 0, len(s.employees))
+		for k := range s.employees {
+			s.sorted = append(s.sorted, k)
+		}
+		slices.SortFunc(s.sorted, compareEmployeeIDs)
+	}
+	keys := s.sorted
 	// Each employee is two parts of the full document: `,"id":` (kept
 	// from one snapshot to the next) and its document.
 	type part struct {
-		key    string
 		prefix []byte
 		doc    *body
 	}
-	ordered := make([]part, 0, len(s.employees))
+	ordered := make([]part, len(keys))
+	employees := make(map[string]*body, len(keys))
 	size := 1
-	for k, b := range s.employees {
+	for i, k := range keys {
 		prefix, ok := s.prefixes[k]
 		if !ok {
 			prefix = append(strconv.AppendQuote([]byte{','}, k), ':')
 			s.prefixes[k] = prefix
 		}
-		ordered = append(ordered, part{k, prefix, b})
+		b := s.employees[k]
+		ordered[i] = part{prefix, b}
+		employees[k] = b
 		size += len(prefix) + len(b.raw)
 	}
-	slices.SortFunc(ordered, func(a, b part) int { return compareEmployeeIDs(a.key, b.key) })
 	if len(ordered) == 0 {
 		size++ // no first comma to leave out
-	}
-	keys := make([]string, len(ordered))
-	employees := make(map[string]*body, len(ordered))
-	for i, p := range ordered {
-		keys[i] = p.key
-		employees[p.key] = p.doc
 	}
 	var full *body
 	if size <= s.maxCopied {

@@ -29,7 +29,7 @@ type Upstream interface {
 	// IncidentPages hands fn each complete page of type t's incidents, from
 	// start ("" for the first page), dropping on the way those known reports
 	// stored already, and returns where the next poll starts.
-	IncidentPages(ctx context.Context, t incident.Type, start string, known func(raw []byte) bool, fn func(upstream.Page) error) (resume string, err error)
+	IncidentPages(ctx context.Context, t incident.Type, start string, known func(page, i int, raw []byte) bool, fn func(upstream.Page) error) (resume string, err error)
 	Identities(ctx context.Context) (map[string]json.RawMessage, error)
 }
 
@@ -212,7 +212,8 @@ func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, erro
 	from := p.resume[t]
 	p.mu.Unlock()
 	var res PollResult
-	resume, err := p.up.IncidentPages(ctx, t, from, seen.knownRaw, func(page upstream.Page) error {
+	seen.pollStarts()
+	resume, err := p.up.IncidentPages(ctx, t, from, seen.known, func(page upstream.Page) error {
 		res.Pages++
 		res.Fetched += page.Count
 		stored, err := publishRaw(ctx, p.js, t, seen.fresh(t, page.Items))
@@ -235,6 +236,7 @@ func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, erro
 	p.mu.Lock()
 	p.resume[t] = resume
 	p.mu.Unlock()
+	seen.pollEnds(err == nil && from == "" && resume == "")
 	if err != nil {
 		p.metrics.polls.WithLabelValues(upstream.Endpoint(t), "error").Inc()
 		return res, err

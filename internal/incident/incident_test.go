@@ -191,7 +191,7 @@ func TestScanResults(t *testing.T) {
 	page := `{"count":4,"results":[{"a":1},` + big + `, {"a":2} ,{"a":3}],"next":"http://x/?page=2"}`
 	held := int64(0)
 	res, err := ScanResults(iotest.HalfReader(strings.NewReader(page)), ScanOptions{
-		Skip: func(raw []byte) bool { return string(raw) == `{"a":2}` },
+		Skip: func(i int, raw []byte) bool { return i == 2 && string(raw) == `{"a":2}` },
 		Hold: func(n int64) error { held += n; return nil },
 	})
 	if err != nil {
@@ -231,7 +231,7 @@ func BenchmarkScanResultsKnown(b *testing.B) {
 	b.SetBytes(int64(len(page)))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := ScanResults(strings.NewReader(page), ScanOptions{Skip: func([]byte) bool { return true }}); err != nil {
+		if _, err := ScanResults(strings.NewReader(page), ScanOptions{Skip: func(int, []byte) bool { return true }}); err != nil {
 			b.Fatal(err)
 		}
 	}

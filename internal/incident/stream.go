@@ -10,10 +10,11 @@ import (
 
 // ScanOptions configure ScanResults.
 type ScanOptions struct {
-	// Skip, when set, drops an incident (its exact bytes, valid only during
-	// the call) instead of keeping it: one known already. A poll of an
-	// upstream that returns every incident each time keeps only what is new.
-	Skip func(raw []byte) bool
+	// Skip, when set, drops an incident (the i-th element of the page, its
+	// exact bytes valid only during the call) instead of keeping it: one
+	// known already. A poll of an upstream that returns every incident each
+	// time keeps only what is new.
+	Skip func(i int, raw []byte) bool
 	// Hold, when set, is told before the memory the scan holds (its read
 	// window and the incidents it keeps) grows by n bytes; an error ends
 	// the scan with that error.
@@ -164,7 +165,7 @@ func (s *pageScanner) span(end func(b []byte) (int, error)) (int, error) {
 	}
 }
 
-func (s *pageScanner) page(skip func([]byte) bool) (Results, error) {
+func (s *pageScanner) page(skip func(int, []byte) bool) (Results, error) {
 	var res Results
 	c, ok, err := s.peek()
 	if err != nil {
@@ -269,7 +270,7 @@ func (s *pageScanner) page(skip func([]byte) bool) (Results, error) {
 
 // results reads the array at buf[pos] == '[' element by element, each cut
 // at the commas between them.
-func (s *pageScanner) results(res *Results, skip func([]byte) bool) error {
+func (s *pageScanner) results(res *Results, skip func(int, []byte) bool) error {
 	s.pos++
 	c, ok, err := s.peek()
 	if err != nil {
@@ -286,7 +287,7 @@ func (s *pageScanner) results(res *Results, skip func([]byte) bool) error {
 		}
 		if elem := trimSpace(s.buf[s.pos : s.pos+end]); len(elem) > 0 {
 			res.Count++
-			if skip == nil || !skip(elem) {
+			if skip == nil || !skip(res.Count-1, elem) {
 				if s.hold != nil {
 					if err := s.hold(int64(len(elem))); err != nil {
 						return err

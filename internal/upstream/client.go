@@ -188,10 +188,10 @@ var ErrLimit = errors.New("poll limit reached")
 // limit). A page that fails or is cut off is never handed to fn.
 //
 // Each page is read as it arrives, never held whole: known, when set, is
-// asked about each incident's exact bytes and those it knows are dropped
-// on the way, so that a poll of an upstream that returns every incident
+// asked about each incident (the i-th of page number page, its exact
+// bytes) and those it knows are dropped on the way, so that a poll of an upstream that returns every incident
 // each time holds and hands on only what is new.
-func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start string, known func(raw []byte) bool, fn func(Page) error) (resume string, err error) {
+func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start string, known func(page, i int, raw []byte) bool, fn func(Page) error) (resume string, err error) {
 	endpoint := Endpoint(t)
 	first := c.base.JoinPath("incidents", string(t)).String() + "/"
 	next := first
@@ -221,7 +221,11 @@ func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start strin
 		var link string
 		err = c.do(ctx, endpoint, u.String(), func(b body) error {
 			counted := &counting{r: b}
-			res, err := incident.ScanResults(counted, incident.ScanOptions{Skip: known, Hold: b.hold, MaxWindow: int(b.limit) + 1})
+			var skip func(int, []byte) bool
+			if known != nil {
+				skip = func(i int, raw []byte) bool { return known(page, i, raw) }
+			}
+			res, err := incident.ScanResults(counted, incident.ScanOptions{Skip: skip, Hold: b.hold, MaxWindow: int(b.limit) + 1})
 			if err != nil {
 				return err
 			}
