@@ -168,11 +168,11 @@ type store struct {
 	// sorted are the employees in document order, sorted again only when
 	// they are no longer the same (a snapshot shares it: it is replaced,
 	// never changed).
-	sorted    []string
-	prefixes  map[string][]byte // employee → `,"id":`, its part of the full document
-	pieces    map[string][]byte // piece key → its incidents
-	revision  uint64            // the last change of the view applied
-	changed   map[string]bool   // employees changed since the last snapshot
+	sorted   []string
+	prefixes map[string][]byte // employee → `,"id":`, its part of the full document
+	pieces   map[string][]byte // piece key → its incidents
+	revision uint64            // the last change of the view applied
+	changed  map[string]bool   // employees changed since the last snapshot
 	// halfLife, when positive, decays risk scores with the incidents' age;
 	// timestamps then holds each employee's incident times.
 	halfLife   time.Duration

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -38,6 +39,7 @@ type pieces struct {
 	// stale one fails its compare-and-set and is read afresh.
 	manifests     map[string]known
 	manifestBytes int
+	prefetchOff   time.Time // prefetch is skipped until then
 }
 
 type known struct {
@@ -424,9 +426,13 @@ const prefetchBatch = 1000
 // so that a batch over many employees costs a round trip per thousand
 // instead of one each. What it cannot tell (a truncated answer, a whole
 // document of an earlier version, an error) is left to prepare's own read.
-func (ps *pieces) prefetch(ctx context.Context, js jetstream.JetStream, employees []string) {
+func (ps *pieces) prefetch(ctx context.Context, js jetstream.JetStream, employees []string) error {
 	var want []string
 	ps.mu.Lock()
+	if time.Now().Before(ps.prefetchOff) {
+		ps.mu.Unlock()
+		return nil
+	}
 	for _, e := range employees {
 		if _, ok := ps.manifests[e]; !ok {
 			want = append(want, e)
@@ -436,15 +442,30 @@ func (ps *pieces) prefetch(ctx context.Context, js jetstream.JetStream, employee
 	for len(want) > 0 && ctx.Err() == nil {
 		n := min(len(want), prefetchBatch)
 		found, err := readManifests(ctx, js.Conn(), want[:n])
-		if err != nil {
-			return // prepare reads them one by one
+		if err != nil && ctx.Err() == nil {
+			// prepare reads them one by one; a server that refuses (an
+			// older one, or a user not allowed the request) is not asked
+			// again for a while, rather than waited for on every batch.
+			ps.mu.Lock()
+			ps.prefetchOff = time.Now().Add(prefetchPause)
+			ps.mu.Unlock()
+			return err
 		}
 		for emp, k := range found {
 			ps.keep(emp, k)
 		}
 		want = want[n:]
 	}
+	return nil
 }
+
+// prefetchPause is how long manifests are read one by one after reading
+// them together failed.
+const prefetchPause = time.Minute
+
+// prefetchTimeout bounds the wait for the answer to one request of
+// manifests: a refused request gets none.
+const prefetchTimeout = 2 * time.Second
 
 // readManifests reads the stored manifests of employees in one request.
 // An employee absent from the bucket, or deleted, is an empty manifest at
@@ -472,7 +493,7 @@ func readManifests(ctx context.Context, nc *nats.Conn, employees []string) (map[
 	if err := nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+topology.BucketView, inbox, body); err != nil {
 		return nil, fmt.Errorf("reading manifests: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, stage.PublishTimeout)
+	ctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
 	defer cancel()
 	found := make(map[string]known, len(employees))
 	answered := make(map[string]bool, len(employees))

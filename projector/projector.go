@@ -223,7 +223,9 @@ func (p *Projector) write(ctx context.Context, kv jetstream.KeyValue, plans map[
 		}
 	}
 	changes := make(map[string]*change, len(employees))
-	p.pieces.prefetch(ctx, p.js, employees)
+	if err := p.pieces.prefetch(ctx, p.js, employees); err != nil {
+		p.log.Warn("reading manifests together failed; reading them one by one for a while", "error", err)
+	}
 	parallel(employees, func(key string) {
 		c, err := p.pieces.prepare(ctx, kv, key, entriesOf(plans[key]))
 		switch {
