@@ -200,7 +200,7 @@ func (a *API) all(w http.ResponseWriter, r *http.Request) {
 func (a *API) employee(w http.ResponseWriter, r *http.Request) {
 	// "0641" names employee 641, as it does in upstream data.
 	id, err := incident.ParseEmployeeID(chi.URLParam(r, "employee_id"))
-	b, ok := a.store.snap.Load().employees[id]
+	b, ok := a.store.snap.Load().employee(id)
 	if err != nil || !ok {
 		writeError(w, http.StatusNotFound, "no incidents for this employee")
 		return

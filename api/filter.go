@@ -145,13 +145,13 @@ var errNoCursor = errors.New("cursor: not a cursor this API gave")
 // render writes the filtered document of snap, in document order, and
 // returns the cursor of the next page ("" on the last).
 func (f filter) render(snap *snapshot) ([]byte, string, error) {
-	keys := snap.keys
+	keys, docs := snap.keys, snap.docs
 	if f.cursor != "" {
 		i, found := slices.BinarySearchFunc(keys, f.cursor, compareEmployeeIDs)
 		if found {
 			i++
 		}
-		keys = keys[i:]
+		keys, docs = keys[i:], docs[i:]
 	}
 	var b bytes.Buffer
 	b.WriteByte('{')
@@ -161,7 +161,7 @@ func (f filter) render(snap *snapshot) ([]byte, string, error) {
 			next = keys[i-1]
 			break
 		}
-		doc := snap.employees[k]
+		doc := docs[i]
 		var raw []byte
 		if f.onlyPaging() {
 			raw = doc.raw

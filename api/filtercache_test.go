@@ -7,11 +7,10 @@ import (
 
 func TestFilterCache(t *testing.T) {
 	snapOf := func(docs ...string) *snapshot {
-		s := &snapshot{employees: map[string]*body{}}
+		s := &snapshot{}
 		for i, d := range docs {
-			k := string(rune('1' + i))
-			s.keys = append(s.keys, k)
-			s.employees[k] = newBody([]byte(d))
+			s.keys = append(s.keys, string(rune('1'+i)))
+			s.docs = append(s.docs, newBody([]byte(d)))
 		}
 		return s
 	}

@@ -140,8 +140,17 @@ type snapshot struct {
 	unattributedCount int
 	all               *body
 	keys              []string // employee ids in document order
-	employees         map[string]*body
+	docs              []*body  // their documents, in the same order
 	unattributed      *body
+}
+
+// employee returns one employee's document.
+func (snap *snapshot) employee(id string) (*body, bool) {
+	i, found := slices.BinarySearchFunc(snap.keys, id, compareEmployeeIDs)
+	if !found {
+		return nil, false
+	}
+	return snap.docs[i], true
 }
 
 // store keeps INCIDENT_VIEW in memory and the prepared snapshot current.
@@ -183,7 +192,10 @@ type store struct {
 	onLoad       func(version uint64)
 	onChange     func(change)
 	counts       map[string][4]int
-	scores       map[string]scored
+	// reranked are the employees whose rank may have changed since the
+	// last ranking (rerankAll: all of them).
+	reranked  map[string]bool
+	rerankAll bool
 	unattributed map[string]*view.Unattributed
 	// frozenUntil holds the served snapshot while a rebuild empties and
 	// refills the view, so that readers never see it half done.
@@ -198,7 +210,7 @@ type store struct {
 func newStore(log *slog.Logger, m *metrics) *store {
 	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond, maxCopied: maxCopiedDocument, boot: strconv.FormatInt(time.Now().UnixNano(), 36)}
 	s.reset()
-	s.snap.Store(&snapshot{all: newBody([]byte("{}")), employees: map[string]*body{}, unattributed: newBody([]byte(`{"count":0,"incidents":[]}`))})
+	s.snap.Store(&snapshot{all: newBody([]byte("{}")), unattributed: newBody([]byte(`{"count":0,"incidents":[]}`))})
 	return s
 }
 
@@ -210,7 +222,7 @@ func (s *store) reset() {
 	s.prefixes = map[string][]byte{}
 	s.pieces = map[string][]byte{}
 	s.counts = map[string][4]int{}
-	s.scores = map[string]scored{}
+	s.reranked, s.rerankAll = map[string]bool{}, true
 	s.changed = map[string]bool{}
 	s.timestamps = map[string][4][]float64{}
 	s.unattributed = map[string]*view.Unattributed{}
@@ -358,6 +370,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 		return // not an employee's document (a marker of the projector)
 	}
 	s.employeesDirty = true
+	s.reranked[key] = true
 	if len(s.changed) <= maxListed {
 		s.changed[key] = true
 	}
@@ -409,8 +422,8 @@ func (s *store) rebuild() {
 	next := *prev
 	if s.employeesDirty {
 		s.generation++
-		next.keys, next.employees, next.all = s.prepareEmployees()
-		next.ranking = s.rank()
+		next.keys, next.docs, next.all = s.prepareEmployees()
+		next.ranking = s.rank(prev.ranking)
 		s.employeesDirty = false
 	}
 	next.version = s.revision
@@ -485,27 +498,39 @@ func (s *store) at(version uint64) ([]risk.Ranked, bool) {
 	return nil, false
 }
 
-// rank orders the employees by risk score, each score computed when its
-// counts change.
-func (s *store) rank() []risk.Ranked {
+// rank orders the employees by risk score. Without decay only the
+// employees changed since prev (the last ranking) move: the others keep
+// their order and the changed are placed by binary search, so that a
+// change costs a copy of the ranking, not a sort of it.
+func (s *store) rank(prev []risk.Ranked) []risk.Ranked {
 	now := time.Now()
 	s.decayedAt = now
+	defer func() { clear(s.reranked); s.rerankAll = false }()
+	if s.halfLife <= 0 && !s.rerankAll && len(s.reranked) <= len(prev)/32 {
+		ranking := make([]risk.Ranked, 0, len(s.counts))
+		for _, r := range prev {
+			if !s.reranked[r.Employee] {
+				ranking = append(ranking, r)
+			}
+		}
+		for emp := range s.reranked {
+			c, ok := s.counts[emp]
+			if !ok {
+				continue // gone
+			}
+			r := risk.Ranked{Employee: emp, Score: risk.OfCounts(c), Counts: c}
+			i, _ := slices.BinarySearchFunc(ranking, r, risk.Compare)
+			ranking = slices.Insert(ranking, i, r)
+		}
+		return ranking
+	}
 	ranking := make([]risk.Ranked, 0, len(s.counts))
 	for emp, c := range s.counts {
-		sc, ok := s.scores[emp]
-		switch {
-		case s.halfLife > 0:
-			sc = scored{counts: c, score: risk.OfTimestamps(s.timestamps[emp], now, s.halfLife)}
-		case !ok || sc.counts != c:
-			sc = scored{counts: c, score: risk.OfCounts(c)}
-			s.scores[emp] = sc
+		score := risk.OfCounts(c)
+		if s.halfLife > 0 {
+			score = risk.OfTimestamps(s.timestamps[emp], now, s.halfLife)
 		}
-		ranking = append(ranking, risk.Ranked{Employee: emp, Score: sc.score, Counts: c})
-	}
-	for emp := range s.scores {
-		if _, ok := s.counts[emp]; !ok {
-			delete(s.scores, emp)
-		}
+		ranking = append(ranking, risk.Ranked{Employee: emp, Score: score, Counts: c})
 	}
 	slices.SortFunc(ranking, risk.Compare)
 	return ranking
@@ -527,15 +552,10 @@ func (s *store) noteTimestamps(employee string, doc []byte) {
 // view does not change.
 const decayEvery = time.Minute
 
-// scored is an employee's risk score and the counts it was computed from.
-type scored struct {
-	counts [4]int
-	score  float64
-}
 
 // prepareEmployees concatenates the employees' documents, prepared when each
 // changed, into the full GET /incidents document.
-func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
+func (s *store) prepareEmployees() ([]string, []*body, *body) {
 	same := len(s.sorted) == len(s.employees)
 	for _, k := range s.sorted {
 		if _, ok := s.employees[k]; !ok || !same {
@@ -558,7 +578,7 @@ func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
 		doc    *body
 	}
 	ordered := make([]part, len(keys))
-	employees := make(map[string]*body, len(keys))
+	docs := make([]*body, len(keys))
 	size := 1
 	for i, k := range keys {
 		prefix, ok := s.prefixes[k]
@@ -568,7 +588,7 @@ func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
 		}
 		b := s.employees[k]
 		ordered[i] = part{prefix, b}
-		employees[k] = b
+		docs[i] = b
 		size += len(prefix) + len(b.raw)
 	}
 	if len(ordered) == 0 {
@@ -604,7 +624,7 @@ func (s *store) prepareEmployees() ([]string, map[string]*body, *body) {
 	for i, p := range incident.Priorities() {
 		s.metrics.viewIncidents.WithLabelValues(string(p)).Set(float64(totals[i]))
 	}
-	return keys, employees, full
+	return keys, docs, full
 }
 
 // prepareUnattributed merges the unattributed documents into GET

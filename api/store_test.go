@@ -2,6 +2,8 @@ package api
 
 import (
 	"compress/gzip"
+	"math/rand/v2"
+	"slices"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -35,6 +37,51 @@ func BenchmarkPrepareDocument(b *testing.B) {
 		s.rebuild()
 	}
 	b.SetBytes(int64(len(s.snap.Load().all.bytes())))
+}
+
+// BenchmarkSnapshot100k prepares a snapshot of 100,000 employees after
+// one of them changed, as the API does at a million incidents.
+func BenchmarkSnapshot100k(b *testing.B) {
+	s := storeWith(100_000)
+	s.rebuild()
+	b.ReportAllocs()
+	for b.Loop() {
+		s.employees["100007"] = newBody([]byte(doc42))
+		s.counts["100007"] = [4]int{2, 0, 0, 0}
+		s.reranked["100007"] = true
+		s.employeesDirty = true
+		s.rebuild()
+	}
+}
+
+// TestRankMovesOnlyTheChanged: a ranking updated from the last one for a
+// few changed, added and removed employees is the one a full sort gives.
+func TestRankMovesOnlyTheChanged(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	s := storeWith(3000)
+	for emp := range s.counts {
+		s.counts[emp] = [4]int{rng.IntN(5), rng.IntN(5), rng.IntN(3), rng.IntN(2)}
+	}
+	prev := s.rank(nil)
+	for round := range 20 {
+		for range 40 {
+			emp := fmt.Sprint(100000 + rng.IntN(3200))
+			switch rng.IntN(3) {
+			case 0:
+				delete(s.counts, emp)
+			default:
+				s.counts[emp] = [4]int{rng.IntN(5), rng.IntN(5), rng.IntN(3), rng.IntN(2)}
+			}
+			s.reranked[emp] = true
+		}
+		got := s.rank(prev)
+		s.rerankAll = true
+		want := s.rank(nil)
+		if !slices.Equal(got, want) {
+			t.Fatalf("round %d: the updated ranking differs from a full sort", round)
+		}
+		prev = got
+	}
 }
 
 // BenchmarkServeFullDocument serves the prepared document of 1,000

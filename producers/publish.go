@@ -26,18 +26,36 @@ type storedIncident struct {
 }
 
 // publishRaw publishes incidents, each with its id as Nats-Msg-Id, and
-// returns those JetStream stored (new or already there).
+// returns those JetStream stored (new or already there). The messages are
+// made a chunk at a time: a first poll of a large upstream hands it a
+// million incidents at once.
 func publishRaw(ctx context.Context, js jetstream.JetStream, t incident.Type, items []rawIncident) ([]storedIncident, error) {
-	var stored []storedIncident
+	stored := make([]storedIncident, 0, len(items))
+	for len(items) > 0 {
+		n := min(len(items), publishChunk)
+		var err error
+		if stored, err = publishChunkRaw(ctx, js, t, items[:n], stored); err != nil {
+			return stored, err
+		}
+		items = items[n:]
+	}
+	return stored, nil
+}
+
+// publishChunk is how many messages publishRaw makes at once.
+const publishChunk = 4096
+
+func publishChunkRaw(ctx context.Context, js jetstream.JetStream, t incident.Type, items []rawIncident, stored []storedIncident) ([]storedIncident, error) {
 	// An incident larger than NATS carries cannot be stored whole: it is
 	// dead-lettered (its beginning, with its id and the reason), so that it
 	// neither stops its type nor disappears unseen.
 	limit := js.Conn().MaxPayload() - maxHeaderBytes
 	msgs := make([]*nats.Msg, 0, len(items))
 	sent := make([]rawIncident, 0, len(items))
+	subject := topology.RawSubject(t)
 	for _, r := range items {
 		if int64(len(r.data)) > limit {
-			letter := dlq.Letter{Type: string(t), ID: r.id, Subject: topology.RawSubject(t), Data: r.data[:min(len(r.data), tooLargeKept)],
+			letter := dlq.Letter{Type: string(t), ID: r.id, Subject: subject, Data: r.data[:min(len(r.data), tooLargeKept)],
 				Err: &incident.InvalidError{Reason: dlq.ReasonIncidentTooLarge, Detail: fmt.Sprintf("%d bytes; NATS carries at most %d", len(r.data), limit)}}
 			if err := (dlq.Publisher{JS: js, Stage: topology.StageProducers}).Publish(ctx, letter); err != nil {
 				return stored, err
@@ -45,10 +63,7 @@ func publishRaw(ctx context.Context, js jetstream.JetStream, t incident.Type, it
 			stored = append(stored, storedIncident{rawIncident: r})
 			continue
 		}
-		m := nats.NewMsg(topology.RawSubject(t))
-		m.Data = r.data
-		m.Header.Set(topology.HeaderMsgID, r.id)
-		msgs = append(msgs, m)
+		msgs = append(msgs, &nats.Msg{Subject: subject, Data: r.data, Header: nats.Header{topology.HeaderMsgID: {r.id}}})
 		sent = append(sent, r)
 	}
 	res, err := stage.PublishAll(ctx, js, msgs)
