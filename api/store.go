@@ -189,13 +189,13 @@ type store struct {
 	decayedAt  time.Time
 	// onLoad and onChange, when set, hear of the first snapshot's version
 	// and of every change after it.
-	onLoad       func(version uint64)
-	onChange     func(change)
-	counts       map[string][4]int
+	onLoad   func(version uint64)
+	onChange func(change)
+	counts   map[string][4]int
 	// reranked are the employees whose rank may have changed since the
 	// last ranking (rerankAll: all of them).
-	reranked  map[string]bool
-	rerankAll bool
+	reranked     map[string]bool
+	rerankAll    bool
 	unattributed map[string]*view.Unattributed
 	// frozenUntil holds the served snapshot while a rebuild empties and
 	// refills the view, so that readers never see it half done.
@@ -551,7 +551,6 @@ func (s *store) noteTimestamps(employee string, doc []byte) {
 // decayEvery is how often decayed scores are brought up to date while the
 // view does not change.
 const decayEvery = time.Minute
-
 
 // prepareEmployees concatenates the employees' documents, prepared when each
 // changed, into the full GET /incidents document.

@@ -2,14 +2,14 @@ package api
 
 import (
 	"compress/gzip"
-	"math/rand/v2"
-	"slices"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
