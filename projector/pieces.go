@@ -167,19 +167,37 @@ func (ps *pieces) settle(js jetstream.JetStream, c *change, newRev uint64, err e
 }
 
 // keep remembers an employee's manifest and its revision.
-func (ps *pieces) keep(employee string, k known) {
-	size := 64
-	for _, r := range k.m.Pieces {
-		size += 96 + r.Size
+func (ps *pieces) keep(employee string, k known) { ps.keepAll(map[string]known{employee: k}) }
+
+// keepAll remembers manifests together: when they do not fit beside those
+// kept, those go first, so that a batch's own manifests stay for its fold.
+func (ps *pieces) keepAll(found map[string]known) {
+	size := 0
+	for _, k := range found {
+		size += manifestSize(k.m)
 	}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if len(ps.manifests) >= maxManifests || ps.manifestBytes+size > maxManifestBytes {
+	if len(ps.manifests)+len(found) > maxManifests || ps.manifestBytes+size > maxManifestBytes {
 		clear(ps.manifests)
 		ps.manifestBytes = 0
 	}
-	ps.manifests[employee] = k
+	for emp, k := range found {
+		if old, ok := ps.manifests[emp]; ok {
+			ps.manifestBytes -= manifestSize(old.m)
+		}
+		ps.manifests[emp] = k
+	}
 	ps.manifestBytes += size
+}
+
+// manifestSize is about what a remembered manifest holds in memory.
+func manifestSize(m *view.Manifest) int {
+	size := 64
+	for _, r := range m.Pieces {
+		size += 96 + r.Size
+	}
+	return size
 }
 
 // purge removes pieces without waiting (a leftover piece costs space,
@@ -451,9 +469,7 @@ func (ps *pieces) prefetch(ctx context.Context, js jetstream.JetStream, employee
 			ps.mu.Unlock()
 			return err
 		}
-		for emp, k := range found {
-			ps.keep(emp, k)
-		}
+		ps.keepAll(found)
 		want = want[n:]
 	}
 	return nil

@@ -439,3 +439,24 @@ func TestReadManifests(t *testing.T) {
 	checkDocument(t, js, "1001", [4]int{1, 1, 0, 0})
 	checkDocument(t, js, "3400", [4]int{0, 1, 0, 0})
 }
+
+// TestKeptManifestsMakeRoomForABatch: manifests read for a batch are all
+// kept even when the memory for them is full: the older ones go first.
+func TestKeptManifestsMakeRoomForABatch(t *testing.T) {
+	ps := newPieces()
+	ps.keep("old", known{m: &view.Manifest{}})
+	ps.manifestBytes = maxManifestBytes - 100 // as if full
+	batch := map[string]known{}
+	for i := range 50 {
+		batch[fmt.Sprint(i)] = known{m: &view.Manifest{}, rev: uint64(i)}
+	}
+	ps.keepAll(batch)
+	for emp := range batch {
+		if _, ok := ps.manifests[emp]; !ok {
+			t.Fatalf("manifest %s of the batch was not kept", emp)
+		}
+	}
+	if _, ok := ps.manifests["old"]; ok || ps.manifestBytes > maxManifestBytes {
+		t.Errorf("full memory: the old manifest kept %v, %d bytes counted", ok, ps.manifestBytes)
+	}
+}
