@@ -64,7 +64,9 @@ func newComposeRun(t *testing.T, name string, extra ...string) *composeRun {
 			out, _ := c.compose(2*time.Minute, "logs", "--no-color", "--tail", "40")
 			t.Logf("compose logs:\n%s", out)
 		}
-		if out, err := c.compose(3*time.Minute, "down", "-v", "--remove-orphans"); err != nil {
+		// With the demo profile: down leaves a profile's services running
+		// unless it is named.
+		if out, err := c.compose(3*time.Minute, "--profile", "demo", "down", "-v", "--remove-orphans"); err != nil {
 			t.Logf("compose down: %v\n%s", err, out)
 		}
 	})

@@ -479,9 +479,10 @@ func (ps *pieces) prefetch(ctx context.Context, js jetstream.JetStream, employee
 // them together failed.
 const prefetchPause = time.Minute
 
-// prefetchTimeout bounds the wait for the answer to one request of
-// manifests: a refused request gets none.
-const prefetchTimeout = 2 * time.Second
+// prefetchIdle bounds the wait for each message of the answer to one
+// request of manifests (a refused request gets none); a busy server's
+// answer may take longer in all, as long as it keeps coming.
+const prefetchIdle = 2 * time.Second
 
 // readManifests reads the stored manifests of employees in one request.
 // An employee absent from the bucket, or deleted, is an empty manifest at
@@ -509,12 +510,14 @@ func readManifests(ctx context.Context, nc *nats.Conn, employees []string) (map[
 	if err := nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+topology.BucketView, inbox, body); err != nil {
 		return nil, fmt.Errorf("reading manifests: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, prefetchTimeout)
-	defer cancel()
 	found := make(map[string]known, len(employees))
 	answered := make(map[string]bool, len(employees))
-	for {
-		msg, err := sub.NextMsgWithContext(ctx)
+	// One answer per employee and an end: a server that sends more is
+	// not followed further.
+	for range len(employees) + 2 {
+		wait, cancel := context.WithTimeout(ctx, prefetchIdle)
+		msg, err := sub.NextMsgWithContext(wait)
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("reading manifests: %w", err)
 		}
@@ -547,6 +550,7 @@ func readManifests(ctx context.Context, nc *nats.Conn, employees []string) (map[
 			found[emp] = known{m: m, rev: rev}
 		}
 	}
+	return nil, errors.New("reading manifests: more answers than employees asked for")
 }
 
 // absentAsEmpty completes a whole answer: employees it does not name have

@@ -31,8 +31,8 @@ type Options struct {
 	JS jetstream.JetStream
 	// Batch is how many enriched incidents are fetched at once (default 1000).
 	Batch int
-	// Workers is how many documents are prepared at once (default 16): their
-	// manifests are read together beforehand, so most of the work is CPU.
+	// Workers is how many documents are prepared at once (default 64): most
+	// manifests are read together beforehand, the rest one round trip each.
 	Workers    int
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -61,7 +61,7 @@ func New(o Options) (*Projector, error) {
 		o.Batch = 1000
 	}
 	if o.Workers <= 0 {
-		o.Workers = 16
+		o.Workers = 64
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
