@@ -21,8 +21,18 @@ type seenSet struct {
 	raw map[uint64]struct{}
 
 	// last and cur are the raw hashes of the last whole poll and of the
-	// poll in progress, page by page, in the order received.
-	last, cur map[int][]uint64
+	// poll in progress, page by page, in the order received; hashes are
+	// those of the page being read and prev last's of it.
+	last, cur    map[int][]uint64
+	page         int
+	hashes, prev []uint64
+}
+
+// endPage files the hashes of the page being read.
+func (s *seenSet) endPage() {
+	if s.hashes != nil {
+		s.cur[s.page] = s.hashes
+	}
 }
 
 func newSeenSet() *seenSet {
@@ -62,12 +72,15 @@ func (s *seenSet) add(r storedIncident) {
 // set. One poll of the type runs at a time.
 func (s *seenSet) known(page, i int, raw []byte) bool {
 	h := maphash.Bytes(s.seed, raw)
-	cur := s.cur[page]
-	if i == 0 {
-		cur = cur[:0] // the page starts (again, on a retry)
+	if page != s.page || i == 0 || s.hashes == nil {
+		// The page starts (again, on a retry): the last whole poll's
+		// sequence of it is looked up once, not per incident.
+		s.endPage()
+		s.page, s.prev = page, s.last[page]
+		s.hashes = make([]uint64, 0, max(len(s.prev), 64))
 	}
-	s.cur[page] = append(cur, h)
-	if last := s.last[page]; i < len(last) && last[i] == h {
+	s.hashes = append(s.hashes, h)
+	if i < len(s.prev) && s.prev[i] == h {
 		return true
 	}
 	s.mu.Lock()
@@ -79,13 +92,14 @@ func (s *seenSet) known(page, i int, raw []byte) bool {
 // pollStarts and pollEnds bracket a poll: a whole poll that succeeded from
 // the first page (everything in it is stored) becomes the sequence the next
 // one is checked against.
-func (s *seenSet) pollStarts() { s.cur = map[int][]uint64{} }
+func (s *seenSet) pollStarts() { s.cur, s.page, s.hashes, s.prev = map[int][]uint64{}, 0, nil, nil }
 
 func (s *seenSet) pollEnds(whole bool) {
+	s.endPage()
 	if whole {
 		s.last = s.cur
 	}
-	s.cur = nil
+	s.cur, s.hashes, s.prev = nil, nil, nil
 }
 
 // fresh returns the incidents of a poll not known to be stored, each once.
