@@ -284,7 +284,7 @@ func TestRebuildMarkerHoldsTheView(t *testing.T) {
 			s.apply(entry{key: "42", value: doc42, op: jetstream.KeyValuePut})
 			s.rebuild()
 			s.loaded.Store(true)
-			before := string(s.snap.Load().all.bytes())
+			before := string(bodyBytes(s.snap.Load().all))
 
 			until := time.Now().Add(time.Hour)
 			if end == "expired" {
@@ -294,7 +294,7 @@ func TestRebuildMarkerHoldsTheView(t *testing.T) {
 			s.apply(entry{key: "42", op: jetstream.KeyValuePurge})
 			s.apply(entry{key: "43", value: doc42, op: jetstream.KeyValuePut})
 			s.rebuild()
-			if got := string(s.snap.Load().all.bytes()); got != before {
+			if got := string(bodyBytes(s.snap.Load().all)); got != before {
 				t.Fatalf("served a half-rebuilt view: %s", got)
 			}
 			if end == "removed" {
@@ -303,7 +303,7 @@ func TestRebuildMarkerHoldsTheView(t *testing.T) {
 				testkit.Eventually(t, 5*time.Second, func() (bool, string) { return !s.frozen(), "waiting for the marker to expire" })
 			}
 			s.rebuild()
-			if got := string(s.snap.Load().all.bytes()); got != `{"43":`+doc42+`}` {
+			if got := string(bodyBytes(s.snap.Load().all)); got != `{"43":`+doc42+`}` {
 				t.Fatalf("after the rebuild: %s", got)
 			}
 		})

@@ -75,14 +75,6 @@ func generationETag(boot string, generation uint64) string {
 	return `"` + boot + "-" + strconv.FormatUint(generation, 36) + `"`
 }
 
-// bytes returns the uncompressed body in one piece (a copy for parts).
-func (b *body) bytes() []byte {
-	if b.parts == nil {
-		return b.raw
-	}
-	return bytes.Join(b.parts, nil)
-}
-
 // length is the size of the uncompressed body.
 func (b *body) length() int {
 	if b.parts != nil {
