@@ -17,9 +17,9 @@ var ErrNoDocument = errors.New("no incidents for this employee")
 
 // Document returns one employee's document as GET /incidents/{id} shows
 // it, read from INCIDENT_VIEW: the manifest, then its pieces (unless they
-// are inline). A piece
-// removed meanwhile (a writer replaced the manifest) starts the read over,
-// so the answer is always one whole version of the document.
+// are inline). A piece removed meanwhile (a writer replaced the manifest)
+// starts the read over, so the answer is always one whole version of the
+// document.
 func Document(ctx context.Context, js jetstream.JetStream, employee string) ([]byte, error) {
 	employee, err := incident.ParseEmployeeID(employee)
 	if err != nil {

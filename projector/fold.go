@@ -24,7 +24,6 @@ const (
 type op struct {
 	kind opKind
 	in   incident.Incident
-	msg  int
 }
 
 // plan is every change of a batch to one document.

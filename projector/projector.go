@@ -125,9 +125,9 @@ func (b *batch) add(key string, o op) {
 	pl.ops = append(pl.ops, o)
 }
 
-// plan adds one enriched message (its data and headers) to the batch as
-// message i: it returns the documents it touches, or why it is invalid.
-func (b *batch) plan(i int, data []byte, h nats.Header) ([]string, *stage.Outcome) {
+// plan adds one enriched message (its data and headers) to the batch: it
+// returns the documents it touches, or why it is invalid.
+func (b *batch) plan(data []byte, h nats.Header) ([]string, *stage.Outcome) {
 	id := h.Get(topology.HeaderMsgID)
 	env, in, err := envelope.Decode(data)
 	if err != nil {
@@ -142,16 +142,16 @@ func (b *batch) plan(i int, data []byte, h nats.Header) ([]string, *stage.Outcom
 		return nil, &out
 	case env.EmployeeID == "":
 		key := topology.UnattributedKey(ip)
-		b.add(key, op{kind: opUnattributed, in: in, msg: i})
+		b.add(key, op{kind: opUnattributed, in: in})
 		return []string{key}, nil
 	case h.Get(topology.HeaderReattributed) != "" && hasIP:
 		emp, un := topology.EmployeeKey(env.EmployeeID), topology.UnattributedKey(ip)
-		b.add(emp, op{kind: opEmployee, in: in, msg: i})
-		b.add(un, op{kind: opAttributed, in: in, msg: i})
+		b.add(emp, op{kind: opEmployee, in: in})
+		b.add(un, op{kind: opAttributed, in: in})
 		return []string{emp, un}, nil
 	default:
 		key := topology.EmployeeKey(env.EmployeeID)
-		b.add(key, op{kind: opEmployee, in: in, msg: i})
+		b.add(key, op{kind: opEmployee, in: in})
 		return []string{key}, nil
 	}
 }
@@ -165,7 +165,7 @@ func (p *Projector) handle(ctx context.Context, kv jetstream.KeyValue, msgs []je
 	touches := make([][]string, len(msgs))
 	for i, m := range msgs {
 		var rejected *stage.Outcome
-		if touches[i], rejected = b.plan(i, m.Data(), m.Headers()); rejected != nil {
+		if touches[i], rejected = b.plan(m.Data(), m.Headers()); rejected != nil {
 			out[i] = *rejected
 		}
 	}
