@@ -7,6 +7,7 @@ package api
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -222,20 +223,16 @@ func serve(w http.ResponseWriter, r *http.Request, b *body) {
 		return
 	}
 	h.Set("Content-Type", "application/json")
+	length, write := b.length(), b.writeTo
 	if acceptsGzip(r) {
 		gz := b.gzipped()
 		h.Set("Content-Encoding", "gzip")
-		h.Set("Content-Length", strconv.Itoa(len(gz)))
-		w.WriteHeader(http.StatusOK)
-		if r.Method != http.MethodHead {
-			_, _ = w.Write(gz)
-		}
-		return
+		length, write = len(gz), func(w io.Writer) error { _, err := w.Write(gz); return err }
 	}
-	h.Set("Content-Length", strconv.Itoa(b.length()))
+	h.Set("Content-Length", strconv.Itoa(length))
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		_ = b.writeTo(w)
+		_ = write(w)
 	}
 }
 

@@ -60,6 +60,19 @@ func newBody(raw []byte) *body {
 	return &body{raw: raw, etag: `"` + strconv.FormatUint(h.Sum64(), 36) + "-" + strconv.Itoa(len(raw)) + `"`}
 }
 
+// sameKeys reports whether keys are exactly the keys of m.
+func sameKeys(keys []string, m map[string]*body) bool {
+	if len(keys) != len(m) {
+		return false
+	}
+	for _, k := range keys {
+		if _, ok := m[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // first is 1 for the first employee of the full document, whose prefix
 // goes without its comma.
 func first(i int) int {
@@ -173,7 +186,9 @@ type store struct {
 	prefixes map[string][]byte // employee → `,"id":`, its part of the full document
 	pieces   map[string][]byte // piece key → its incidents
 	revision uint64            // the last change of the view applied
-	changed  map[string]bool   // employees changed since the last snapshot
+	// changed are the employees changed since the last snapshot: the
+	// ranking moves them, an event names them (up to maxListed).
+	changed map[string]bool
 	// halfLife, when positive, decays risk scores with the incidents' age;
 	// timestamps then holds each employee's incident times.
 	halfLife   time.Duration
@@ -184,9 +199,8 @@ type store struct {
 	onLoad   func(version uint64)
 	onChange func(change)
 	counts   map[string][4]int
-	// reranked are the employees whose rank may have changed since the
-	// last ranking (rerankAll: all of them).
-	reranked     map[string]bool
+	// rerankAll: every employee's rank may have changed, not only the
+	// changed ones (after a reset).
 	rerankAll    bool
 	unattributed map[string]*view.Unattributed
 	// frozenUntil holds the served snapshot while a rebuild empties and
@@ -214,7 +228,7 @@ func (s *store) reset() {
 	s.prefixes = map[string][]byte{}
 	s.pieces = map[string][]byte{}
 	s.counts = map[string][4]int{}
-	s.reranked, s.rerankAll = map[string]bool{}, true
+	s.rerankAll = true
 	s.changed = map[string]bool{}
 	s.timestamps = map[string][4][]float64{}
 	s.unattributed = map[string]*view.Unattributed{}
@@ -362,10 +376,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 		return // not an employee's document (a marker of the projector)
 	}
 	s.employeesDirty = true
-	s.reranked[key] = true
-	if len(s.changed) <= maxListed {
-		s.changed[key] = true
-	}
+	s.changed[key] = true
 	if deleted {
 		delete(s.employees, key)
 		delete(s.prefixes, key)
@@ -497,15 +508,15 @@ func (s *store) at(version uint64) ([]risk.Ranked, bool) {
 func (s *store) rank(prev []risk.Ranked) []risk.Ranked {
 	now := time.Now()
 	s.decayedAt = now
-	defer func() { clear(s.reranked); s.rerankAll = false }()
-	if s.halfLife <= 0 && !s.rerankAll && len(s.reranked) <= len(prev)/32 {
+	defer func() { s.rerankAll = false }()
+	if s.halfLife <= 0 && !s.rerankAll && len(s.changed) <= len(prev)/32 {
 		ranking := make([]risk.Ranked, 0, len(s.counts))
 		for _, r := range prev {
-			if !s.reranked[r.Employee] {
+			if !s.changed[r.Employee] {
 				ranking = append(ranking, r)
 			}
 		}
-		for emp := range s.reranked {
+		for emp := range s.changed {
 			c, ok := s.counts[emp]
 			if !ok {
 				continue // gone
@@ -547,14 +558,7 @@ const decayEvery = time.Minute
 // prepareEmployees concatenates the employees' documents, prepared when each
 // changed, into the full GET /incidents document.
 func (s *store) prepareEmployees() ([]string, []*body, *body) {
-	same := len(s.sorted) == len(s.employees)
-	for _, k := range s.sorted {
-		if _, ok := s.employees[k]; !ok || !same {
-			same = false
-			break
-		}
-	}
-	if !same {
+	if !sameKeys(s.sorted, s.employees) {
 		s.sorted = make([]string, 0, len(s.employees))
 		for k := range s.employees {
 			s.sorted = append(s.sorted, k)
