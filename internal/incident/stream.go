@@ -110,8 +110,6 @@ func (s *pageScanner) more() error {
 		copy(grown, s.buf)
 		s.buf = grown
 	}
-	// Fill to want: a value rescanned after each read then costs at most
-	// twice its size in all.
 	for empty := 0; len(s.buf) < want; {
 		n, err := s.r.Read(s.buf[len(s.buf):want])
 		s.buf = s.buf[:len(s.buf)+n]

@@ -189,8 +189,9 @@ var ErrLimit = errors.New("poll limit reached")
 //
 // Each page is read as it arrives, never held whole: known, when set, is
 // asked about each incident (the i-th of page number page, its exact
-// bytes) and those it knows are dropped on the way, so that a poll of an upstream that returns every incident
-// each time holds and hands on only what is new.
+// bytes) and those it knows are dropped on the way, so that a poll of an
+// upstream that returns every incident each time holds and hands on only
+// what is new.
 func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start string, known func(page, i int, raw []byte) bool, fn func(Page) error) (resume string, err error) {
 	endpoint := Endpoint(t)
 	first := c.base.JoinPath("incidents", string(t)).String() + "/"

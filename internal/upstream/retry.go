@@ -263,10 +263,8 @@ func whole(decode func([]byte) error) func(body) error {
 				return err
 			}
 		}
-		if err := decode(buf); err != nil && !errors.Is(err, errHandler) {
-			return undecodable{err}
-		} else if err != nil {
-			return err
+		if err := decode(buf); err != nil {
+			return undecodable{err} // errHandler still shows through: once checks it first
 		}
 		return nil
 	}

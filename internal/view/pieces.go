@@ -236,18 +236,17 @@ func Assemble(m *Manifest, incidents func(key string) ([]byte, bool)) ([]byte, e
 	frags := make([][]byte, len(m.Pieces))
 	size := 2
 	for i, r := range m.Pieces {
+		var frag []byte
 		if r.Inline() {
-			frag, err := PieceIncidents(r.data)
-			if err != nil {
+			var err error
+			if frag, err = PieceIncidents(r.data); err != nil {
 				return nil, fmt.Errorf("assembling the document: %w", err)
 			}
-			frags[i] = frag
-			size += len(frag) + 1
-			continue
-		}
-		frag, ok := incidents(r.Key)
-		if !ok {
-			return nil, fmt.Errorf("assembling the document: piece %s is missing", r.Key)
+		} else {
+			var ok bool
+			if frag, ok = incidents(r.Key); !ok {
+				return nil, fmt.Errorf("assembling the document: piece %s is missing", r.Key)
+			}
 		}
 		frags[i] = frag
 		size += len(frag) + 1
