@@ -70,6 +70,24 @@ func connectAs(t *testing.T, s *server.Server, user string) jetstream.JetStream 
 	return js
 }
 
+// TestConfigurationsSyncAlways: both compose configurations fsync every
+// JetStream write before acknowledging it.
+func TestConfigurationsSyncAlways(t *testing.T) {
+	for _, u := range services {
+		t.Setenv(strings.ToUpper(u)+"_NATS_PASSWORD", password(u))
+	}
+	t.Setenv("NATS_SERVER_NAME", "n1")
+	for _, name := range []string{"nats.conf", "cluster.conf"} {
+		opts, err := server.ProcessConfigFile(name)
+		if err != nil {
+			t.Fatalf("loading %s: %v", name, err)
+		}
+		if !opts.SyncAlways {
+			t.Fatalf("%s: sync_interval is not always", name)
+		}
+	}
+}
+
 // TestEachServiceDoesItsJob runs every stage as its own user against the
 // configured server: the capture must come out exact.
 func TestEachServiceDoesItsJob(t *testing.T) {

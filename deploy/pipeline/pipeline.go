@@ -16,6 +16,7 @@ import (
 	"os"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/incidentpipe/pipeline/api"
@@ -41,24 +42,30 @@ type Hooks struct {
 // Run runs the pipeline until ctx ends.
 func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) error {
 	var ns *server.Server
+	// embeddedConn stays a nil interface without an embedded server: a nil
+	// *server.Server inside it would make the client connect in-process to
+	// nothing (and panic).
+	var embeddedConn nats.InProcessConnProvider
 	if cfg.NATSURL == "" {
 		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 			return fmt.Errorf("creating DATA_DIR: %w", err)
 		}
 		var err error
-		ns, err = embedded.Start(embedded.Options{Listen: cfg.NATSListen, StoreDir: cfg.DataDir})
+		ns, err = embedded.Start(embedded.Options{Listen: cfg.NATSListen, StoreDir: cfg.DataDir,
+			SyncAlways: cfg.NATSSync.Always, SyncInterval: cfg.NATSSync.Interval})
 		if err != nil {
 			return err
 		}
+		embeddedConn = ns
 		defer func() {
 			ns.Shutdown()
 			ns.WaitForShutdown()
 		}()
-		log.Info("embedded NATS server started", "listen", ns.ClientURL(), "data_dir", cfg.DataDir)
+		log.Info("embedded NATS server started", "listen", ns.ClientURL(), "data_dir", cfg.DataDir, "sync", cfg.NATSSync.String())
 	}
 
 	health := &telemetry.Health{}
-	nc, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone", Embedded: ns, Ensure: true}, health, log)
+	nc, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone", Embedded: embeddedConn, Ensure: true}, health, log)
 	if err != nil {
 		return err
 	}
@@ -68,7 +75,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	// would make every stage wait for the others.
 	conns := map[string]*app.NATS{}
 	for _, stage := range []string{"producers", "enricher", "projector"} {
-		c, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone-" + stage, Embedded: ns}, &telemetry.Health{}, log)
+		c, err := app.ConnectNATS(ctx, cfg, app.NATSOptions{Name: "standalone-" + stage, Embedded: embeddedConn}, &telemetry.Health{}, log)
 		if err != nil {
 			return err
 		}

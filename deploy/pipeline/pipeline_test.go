@@ -90,3 +90,16 @@ func TestRestartServesLastViewWithUpstreamDown(t *testing.T) {
 		t.Error("failed polls were not logged")
 	}
 }
+
+// TestStandaloneWithNATSURL: with NATS_URL set the standalone starts no
+// server of its own and runs every stage against the one named (it panicked
+// on a nil embedded server before).
+func TestStandaloneWithNATSURL(t *testing.T) {
+	ns := testkit.JetStream(t)
+	_, hs, expected := capture(t, simulator.Faults{})
+	r := start(t, t.TempDir(), hs.URL, map[string]string{"NATS_URL": ns.ClientURL()})
+	if r.NATS != ns.ClientURL() {
+		t.Fatalf("pipeline reports NATS %q, want the server named by NATS_URL %q", r.NATS, ns.ClientURL())
+	}
+	waitExact(t, r.URL, expected, 60*time.Second)
+}

@@ -43,6 +43,8 @@ type Config struct {
 	NATSPassword Secret
 	NATSCreds    string // path of a NATS credentials file
 	DataDir      string
+	// NATSSync is the embedded server's fsync policy (NATS_SYNC).
+	NATSSync SyncPolicy
 
 	UpstreamURL      string // empty in standalone: built-in simulator
 	UpstreamUser     string
@@ -78,6 +80,34 @@ type Config struct {
 
 	// Args are the command-line arguments left after the flags.
 	Args []string
+}
+
+// SyncPolicy is when JetStream fsyncs what it stores.
+type SyncPolicy struct {
+	// Always fsyncs each write before acknowledging it.
+	Always bool
+	// Interval is the fsync period when Always is false.
+	Interval time.Duration
+}
+
+// ParseSyncPolicy reads "always" or a positive duration.
+func ParseSyncPolicy(v string) (SyncPolicy, error) {
+	if strings.EqualFold(v, "always") {
+		return SyncPolicy{Always: true}, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return SyncPolicy{}, errors.New(`must be "always" or a positive duration such as 2m`)
+	}
+	return SyncPolicy{Interval: d}, nil
+}
+
+// String is the policy as NATS_SYNC spells it.
+func (p SyncPolicy) String() string {
+	if p.Always {
+		return "always"
+	}
+	return p.Interval.String()
 }
 
 // setting is one configuration entry: its variable, flag, default and help.
@@ -136,6 +166,11 @@ func settings() []setting {
 			}
 			c.Topology.Replicas = n
 			return nil
+		}},
+		{"NATS_SYNC", "always", "when the embedded server fsyncs JetStream writes: always (before acknowledging each write; nothing shown is lost on power loss) or an interval such as 2m (faster; a power loss loses up to that much)", func(c *Config, v string) error {
+			p, err := ParseSyncPolicy(v)
+			c.NATSSync = p
+			return err
 		}},
 		{"DATA_DIR", "./data", "JetStream storage of the embedded server (standalone)", str(func(c *Config) *string { return &c.DataDir })},
 		{"UPSTREAM_URL", "", "upstream incident API; empty in standalone runs the built-in simulator", str(func(c *Config) *string { return &c.UpstreamURL })},

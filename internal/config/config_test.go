@@ -47,12 +47,42 @@ func TestLoadRejects(t *testing.T) {
 		"tiny body cap":         {"UPSTREAM_MAX_BODY": "10"},
 		"no timeout":            {"UPSTREAM_TIMEOUT": "0s"},
 		"budget under one body": {"UPSTREAM_MAX_BODY": "67108864", "UPSTREAM_MAX_IN_FLIGHT": "1048576"},
+		"sync neither":          {"NATS_SYNC": "sometimes"},
+		"sync zero":             {"NATS_SYNC": "0s"},
+		"sync negative":         {"NATS_SYNC": "-1m"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := Load("x", nil, func(k string) string { return env[k] }); err == nil {
 				t.Fatal("accepted")
 			}
 		})
+	}
+}
+
+// TestSyncPolicy: JetStream fsyncs every write unless an interval is asked for.
+func TestSyncPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		env  string
+		want SyncPolicy
+	}{
+		{"", SyncPolicy{Always: true}},
+		{"always", SyncPolicy{Always: true}},
+		{"ALWAYS", SyncPolicy{Always: true}},
+		{"2m", SyncPolicy{Interval: 2 * time.Minute}},
+		{"10s", SyncPolicy{Interval: 10 * time.Second}},
+	} {
+		c, err := Load("x", nil, func(k string) string {
+			if k == "NATS_SYNC" {
+				return tc.env
+			}
+			return ""
+		})
+		if err != nil || c.NATSSync != tc.want {
+			t.Fatalf("NATS_SYNC=%q: %+v, %v; want %+v", tc.env, c.NATSSync, err, tc.want)
+		}
+		if back, err := ParseSyncPolicy(c.NATSSync.String()); err != nil || back != tc.want {
+			t.Fatalf("NATS_SYNC=%q: %q reads back as %+v, %v", tc.env, c.NATSSync, back, err)
+		}
 	}
 }
 

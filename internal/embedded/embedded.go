@@ -26,6 +26,14 @@ type Options struct {
 	MaxStore int64
 	// MaxPayload is the largest message accepted (0: MaxPayload).
 	MaxPayload int32
+	// SyncAlways fsyncs every JetStream write before it is acknowledged
+	// (and before any consumer or watcher sees it); otherwise JetStream
+	// fsyncs every SyncInterval and what was written since is lost on a
+	// power loss.
+	SyncAlways bool
+	// SyncInterval is the fsync period when SyncAlways is off (0:
+	// nats-server's default, 2 minutes).
+	SyncInterval time.Duration
 }
 
 // MaxPayload is the largest message the embedded server accepts by default.
@@ -55,6 +63,8 @@ func Start(o Options) (*server.Server, error) {
 		StoreDir:          o.StoreDir,
 		MaxPayload:        cmp.Or(o.MaxPayload, MaxPayload),
 		JetStreamMaxStore: o.MaxStore,
+		SyncAlways:        o.SyncAlways,
+		SyncInterval:      o.SyncInterval,
 		NoSigs:            true,
 		NoLog:             true,
 	}
