@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/nats-io/nats.go"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -135,39 +136,105 @@ func durable(name, filter string) jetstream.ConsumerConfig {
 }
 
 // Ensure creates every stream and bucket that is missing and updates those
-// whose configuration drifted. Several services may call it at once.
+// whose configuration drifted. One whose configuration is as wanted is left
+// alone: an update rewrites its metadata on disk at every start of every
+// stage, which a power loss during the rewrite can empty. Replicas are
+// never lowered: a command run without a cluster's NATS_REPLICAS keeps
+// what the cluster has. Several services may call it at once.
 func Ensure(ctx context.Context, js jetstream.JetStream, o Options) error {
 	for _, cfg := range Streams(o) {
-		if err := retryRace(ctx, func() error {
-			_, err := js.CreateOrUpdateStream(ctx, cfg)
-			return err
-		}); err != nil {
+		if err := retryRace(ctx, func() error { return ensureStream(ctx, js, cfg) }); err != nil {
 			return fmt.Errorf("ensuring stream %s: %w", cfg.Name, err)
 		}
 	}
 	for _, cfg := range Buckets(o) {
-		if err := retryRace(ctx, func() error {
-			_, err := js.CreateOrUpdateKeyValue(ctx, cfg)
-			return err
-		}); err != nil {
+		if err := retryRace(ctx, func() error { return ensureBucket(ctx, js, cfg) }); err != nil {
 			return fmt.Errorf("ensuring bucket %s: %w", cfg.Bucket, err)
 		}
 	}
 	return nil
 }
 
-// EnsureConsumer creates or updates a durable consumer on stream.
+func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	s, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		_, err = js.CreateStream(ctx, cfg)
+		return err
+	case err != nil:
+		return err
+	}
+	have := s.CachedInfo().Config
+	cfg.Replicas = max(cfg.Replicas, have.Replicas)
+	if streamAsWanted(have, cfg) {
+		return nil
+	}
+	_, err = js.UpdateStream(ctx, cfg)
+	return err
+}
+
+// streamAsWanted compares the fields Streams sets.
+func streamAsWanted(have, want jetstream.StreamConfig) bool {
+	return have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
+		have.Storage == want.Storage && have.Retention == want.Retention && have.MaxAge == want.MaxAge &&
+		have.MaxBytes == want.MaxBytes && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas
+}
+
+func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) error {
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		_, err = js.CreateKeyValue(ctx, cfg) // made meanwhile by another: retryRace compares again
+		return err
+	case err != nil:
+		return err
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return err
+	}
+	have := st.Config()
+	cfg.Replicas = max(cfg.Replicas, have.Replicas)
+	if have.Description == cfg.Description && have.History == cfg.History &&
+		have.Storage == cfg.Storage && have.Replicas == cfg.Replicas {
+		return nil
+	}
+	_, err = js.UpdateKeyValue(ctx, cfg)
+	return err
+}
+
+// EnsureConsumer creates a durable consumer on stream, or updates it when
+// its configuration drifted (as Ensure, an unchanged one is not rewritten).
 func EnsureConsumer(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
 	var c jetstream.Consumer
 	err := retryRace(ctx, func() error {
 		var err error
-		c, err = js.CreateOrUpdateConsumer(ctx, stream, cfg)
+		c, err = js.Consumer(ctx, stream, cfg.Durable)
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+			c, err = js.CreateConsumer(ctx, stream, cfg)
+			return err
+		case err != nil:
+			return err
+		}
+		if consumerAsWanted(c.CachedInfo().Config, cfg) {
+			return nil
+		}
+		c, err = js.UpdateConsumer(ctx, stream, cfg)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("ensuring consumer %s on %s: %w", cfg.Durable, stream, err)
 	}
 	return c, nil
+}
+
+// consumerAsWanted compares the fields durable sets.
+func consumerAsWanted(have, want jetstream.ConsumerConfig) bool {
+	return have.Durable == want.Durable && have.Description == want.Description &&
+		have.DeliverPolicy == want.DeliverPolicy && have.AckPolicy == want.AckPolicy &&
+		have.AckWait == want.AckWait && have.MaxDeliver == want.MaxDeliver &&
+		have.MaxAckPending == want.MaxAckPending && have.FilterSubject == want.FilterSubject
 }
 
 // retryRace retries an idempotent create-or-update a few times: two copies

@@ -1,0 +1,94 @@
+package topology_test
+
+import (
+	"context"
+	"io/fs"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/incidentpipe/pipeline/internal/testkit"
+	"github.com/incidentpipe/pipeline/internal/topology"
+)
+
+// metaFiles maps every file of the JetStream store that describes a stream,
+// bucket or consumer (not their messages) to its modification time.
+func metaFiles(t *testing.T, dir string) map[string]time.Time {
+	t.Helper()
+	files := map[string]time.Time{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if name := d.Name(); name == "meta.inf" || name == "meta.sum" || name == "o.dat" {
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			files[path] = info.ModTime()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// TestEnsureLeavesUnchangedTopologyAlone: every stage ensures the topology
+// at start; when nothing changed, nothing on disk may be rewritten (a
+// rewrite cut by a power loss leaves an empty meta.inf), and a real change
+// is still applied.
+func TestEnsureLeavesUnchangedTopologyAlone(t *testing.T) {
+	dir := t.TempDir()
+	s := testkit.JetStreamAt(t, dir)
+	_, js := testkit.Connect(t, s)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ensureAll := func(o topology.Options) {
+		t.Helper()
+		if err := topology.Ensure(ctx, js, o); err != nil {
+			t.Fatal(err)
+		}
+		for stream, cfg := range map[string]jetstream.ConsumerConfig{
+			topology.StreamRaw: topology.EnricherConsumer(), topology.StreamEnriched: topology.ProjectorConsumer(),
+		} {
+			if _, err := topology.EnsureConsumer(ctx, js, stream, cfg); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	o := topology.DefaultOptions()
+	ensureAll(o)
+	before := metaFiles(t, dir)
+	if len(before) < 5 {
+		t.Fatalf("found %d metadata files, want those of 3 streams, 2 buckets and 2 consumers", len(before))
+	}
+	// Modification times are coarse on some file systems: wait past a tick.
+	time.Sleep(20 * time.Millisecond)
+	ensureAll(o)
+	for path, mtime := range metaFiles(t, dir) {
+		if !mtime.Equal(before[path]) {
+			t.Errorf("%s rewritten by an Ensure that changed nothing", path)
+		}
+	}
+
+	// A change is applied, and replicas are never lowered by it.
+	o.DLQMaxAge = time.Hour
+	ensureAll(o)
+	info, err := js.Stream(ctx, topology.StreamDLQ)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := info.CachedInfo().Config.MaxAge; got != time.Hour {
+		t.Fatalf("DLQ max age %v after Ensure with 1h", got)
+	}
+	c := topology.ProjectorConsumer()
+	c.MaxAckPending = 100
+	cons, err := topology.EnsureConsumer(ctx, js, topology.StreamEnriched, c)
+	if err != nil || cons.CachedInfo().Config.MaxAckPending != 100 {
+		t.Fatalf("consumer change not applied: %v", err)
+	}
+}
