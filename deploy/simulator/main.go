@@ -34,13 +34,14 @@ func run() error {
 	latency := flag.Duration("latency", 0, "mean response latency")
 	failRate := flag.Float64("fail-rate", 0, "share of requests that fail (502, 500, cut-off body)")
 	pageSize := flag.Int("page-size", 0, "page incident lists with this many per page")
+	window := flag.Duration("window", 0, "list each incident only this long after it appears (0: for ever)")
 	employees := flag.Int("employees", 2000, "generated employees")
 	initial := flag.Int("initial", 50, "generated incidents of each type at start")
 	every := flag.Duration("new-every", 2*time.Second, "one new incident per interval (negative: none)")
 	seed := flag.Uint64("seed", 1, "random seed")
 	flag.Parse()
 
-	srv := simulator.NewServer(*user, *password, simulator.Faults{Latency: *latency, FailRate: *failRate, PageSize: *pageSize}, *seed)
+	srv := simulator.NewServer(*user, *password, simulator.Faults{Latency: *latency, FailRate: *failRate, PageSize: *pageSize, Window: *window}, *seed)
 	if *dir != "" {
 		if err := srv.LoadDir(*dir); err != nil {
 			return err

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,6 +32,10 @@ type Faults struct {
 	FailRate float64
 	// PageSize, when positive, pages incident lists Django-REST style.
 	PageSize int
+	// Window, when positive, lists each incident only for this long after
+	// it was added (as incident APIs that list recent incidents do), so
+	// that a later poll cannot bring back what the pipeline lost.
+	Window time.Duration
 }
 
 // Server serves the upstream API. Its data may change while it serves.
@@ -41,6 +46,7 @@ type Server struct {
 	faults     Faults
 	rng        *rand.Rand
 	incidents  map[incident.Type][]json.RawMessage
+	added      map[incident.Type][]time.Time // when each incident was added, for Faults.Window
 	rendered   map[incident.Type][]byte // unpaged bodies, until the type's data changes
 	identities map[string]json.RawMessage
 	requests   map[string]int
@@ -56,6 +62,7 @@ func NewServer(user, password string, faults Faults, seed uint64) *Server {
 		faults:     faults,
 		rng:        rand.New(rand.NewPCG(seed, seed^0x5eed)),
 		incidents:  map[incident.Type][]json.RawMessage{},
+		added:      map[incident.Type][]time.Time{},
 		rendered:   map[incident.Type][]byte{},
 		identities: map[string]json.RawMessage{},
 		requests:   map[string]int{},
@@ -74,6 +81,7 @@ func (s *Server) SetIncidents(t incident.Type, items []json.RawMessage) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.incidents[t] = append([]json.RawMessage(nil), items...)
+	s.added[t] = slices.Repeat([]time.Time{time.Now()}, len(items))
 	delete(s.rendered, t)
 }
 
@@ -82,6 +90,7 @@ func (s *Server) AppendIncidents(t incident.Type, items ...json.RawMessage) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.incidents[t] = append(s.incidents[t], items...)
+	s.added[t] = append(s.added[t], slices.Repeat([]time.Time{time.Now()}, len(items))...)
 	delete(s.rendered, t)
 }
 
@@ -209,18 +218,47 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(body)
 }
 
+// Listed returns the incidents of type t the upstream lists now.
+func (s *Server) Listed(t incident.Type) []json.RawMessage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.listed(t))
+}
+
+// listed is type t's list as served now: within the window, if any; s.mu
+// is held.
+func (s *Server) listed(t incident.Type) []json.RawMessage {
+	items := s.incidents[t]
+	if w := s.faults.Window; w > 0 {
+		// Incidents are added in time order: the listed ones are a suffix.
+		since := time.Now().Add(-w)
+		first, _ := slices.BinarySearchFunc(s.added[t], since, func(a, since time.Time) int {
+			if a.Before(since) {
+				return -1
+			}
+			return 1
+		})
+		items = items[first:]
+	}
+	return items
+}
+
 // page renders type t's list, or one page of it; s.mu is held.
 func (s *Server) page(r *http.Request, t incident.Type, size int) []byte {
-	items := s.incidents[t]
+	items := s.listed(t)
 	if items == nil {
 		items = []json.RawMessage{}
 	}
-	if size <= 0 {
+	if size <= 0 && s.faults.Window <= 0 {
 		if b, ok := s.rendered[t]; ok {
 			return b
 		}
 		b, _ := json.Marshal(map[string]any{"results": items})
 		s.rendered[t] = b
+		return b
+	}
+	if size <= 0 {
+		b, _ := json.Marshal(map[string]any{"results": items})
 		return b
 	}
 	n, err := strconv.Atoi(r.URL.Query().Get("page"))
