@@ -49,7 +49,13 @@ func ReadAll(ctx context.Context, js jetstream.JetStream, stream string, o ReadO
 		if err := ctx.Err(); err != nil {
 			return read, err
 		}
-		batch, err := cons.Fetch(o.Batch, jetstream.FetchMaxWait(2*time.Second))
+		// Never ask for more than is there: a pull for more waits out its
+		// whole expiry for messages that will not come (2 s per call).
+		want := min(o.Batch, int(total)-read)
+		if want <= 0 {
+			return read, nil
+		}
+		batch, err := cons.Fetch(want, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			return read, fmt.Errorf("reading %s: %w", stream, err)
 		}
