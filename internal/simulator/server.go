@@ -47,7 +47,7 @@ type Server struct {
 	rng        *rand.Rand
 	incidents  map[incident.Type][]json.RawMessage
 	added      map[incident.Type][]time.Time // when each incident was added, for Faults.Window
-	rendered   map[incident.Type][]byte // unpaged bodies, until the type's data changes
+	rendered   map[incident.Type][]byte      // unpaged bodies, until the type's data changes
 	identities map[string]json.RawMessage
 	requests   map[string]int
 	before     func() // runs before each request, e.g. a generator catching up
