@@ -276,11 +276,13 @@ func (e entry) Delta() uint64                   { return 0 }
 func (e entry) Operation() jetstream.KeyValueOp { return e.op }
 
 // TestRebuildMarkerHoldsTheView: while the rebuild marker is set, changes
-// are taken but not served; once it is removed, or has expired, they are.
+// are taken but not served; once it is removed, or has expired (and the
+// grace for a projector to take a dead rebuild over has passed), they are.
 func TestRebuildMarkerHoldsTheView(t *testing.T) {
 	for _, end := range []string{"removed", "expired"} {
 		t.Run(end, func(t *testing.T) {
 			s := storeWith(0)
+			s.rebuildGrace = 100 * time.Millisecond
 			s.apply(entry{key: "42", value: doc42, op: jetstream.KeyValuePut})
 			s.rebuild()
 			s.loaded.Store(true)

@@ -204,8 +204,10 @@ type store struct {
 	rerankAll    bool
 	unattributed map[string]*view.Unattributed
 	// frozenUntil holds the served snapshot while a rebuild empties and
-	// refills the view, so that readers never see it half done.
-	frozenUntil time.Time
+	// refills the view, so that readers never see it half done: the
+	// marker's lease, plus rebuildGrace.
+	frozenUntil  time.Time
+	rebuildGrace time.Duration
 	// Which part changed since the last snapshot: the other is reused.
 	employeesDirty, unattributedDirty bool
 	boot                              string
@@ -214,7 +216,8 @@ type store struct {
 }
 
 func newStore(log *slog.Logger, m *metrics) *store {
-	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond, maxCopied: maxCopiedDocument, boot: strconv.FormatInt(time.Now().UnixNano(), 36)}
+	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond, maxCopied: maxCopiedDocument, boot: strconv.FormatInt(time.Now().UnixNano(), 36),
+		rebuildGrace: rebuildGrace}
 	s.reset()
 	s.snap.Store(&snapshot{all: newBody([]byte("{}")), unattributed: newBody([]byte(`{"count":0,"incidents":[]}`))})
 	return s
@@ -331,6 +334,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 	key := e.Key()
 	deleted := e.Operation() != jetstream.KeyValuePut
 	if key == topology.RebuildKey {
+		was := s.frozenUntil
 		s.frozenUntil = time.Time{}
 		if !deleted {
 			until, err := time.Parse(time.RFC3339, string(e.Value()))
@@ -338,8 +342,10 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 				s.log.Error("unreadable rebuild marker; ignored", "error", err)
 				return
 			}
-			s.frozenUntil = until
-			s.log.Info("view rebuild in progress; serving the previous view meanwhile", "until", until)
+			s.frozenUntil = until.Add(s.rebuildGrace)
+			if was.IsZero() { // not at each renewal of its lease
+				s.log.Info("view rebuild in progress; serving the previous view meanwhile", "until", until)
+			}
 		}
 		return
 	}
@@ -411,6 +417,13 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 	s.counts[key] = counts
 	s.noteTimestamps(key, value)
 }
+
+// rebuildGrace is how long the view stays held past the rebuild marker's
+// lease: a rebuild that died (killed, its power cut) leaves the view
+// emptied and half refilled, and a running projector takes its expired
+// marker over within seconds and rebuilds again (renewing the marker);
+// only when none does within the grace is the view served as it is.
+const rebuildGrace = 30 * time.Second
 
 func (s *store) frozen() bool { return time.Now().Before(s.frozenUntil) }
 

@@ -92,6 +92,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	}
 	go stage.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { p.metrics.pending.Set(float64(n)) })
 	go p.removeMarkers(ctx, kv)
+	go p.resumeRebuilds(ctx, kv)
 	stage.Consume(ctx, cons, func(ctx context.Context, msgs []jetstream.Msg) []stage.Outcome {
 		return p.handle(ctx, kv, msgs)
 	}, stage.Options{

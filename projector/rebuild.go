@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,15 +19,20 @@ type RebuildOptions struct {
 	// Progress is called about every second with the messages of
 	// INCIDENTS_ENRICHED replayed so far and the total to replay.
 	Progress func(replayed, total uint64)
-	// Hold is how long the API keeps serving the previous view at most, in
-	// case the rebuild dies half-way (default 30m).
-	Hold time.Duration
+	// Lease is how long the rebuild marker holds without being renewed
+	// (default RebuildLease): the rebuild renews it while it runs, and a
+	// projector that finds it expired knows the rebuild died half-way and
+	// runs it again.
+	Lease time.Duration
 	// Projector folds the replay.
 	Projector Options
 	// Memory bounds what is folded in memory before it is written
 	// (default rebuildMemory).
 	Memory int
 }
+
+// RebuildLease is how long a rebuild marker holds unless renewed.
+const RebuildLease = 15 * time.Second
 
 // rebuildMemory bounds what a rebuild folds in memory before it writes:
 // a view that fits is written once, each employee in one write.
@@ -41,8 +47,8 @@ const rebuildMemory = 512 << 20
 // so what they add and what the rebuild adds make the same view in any
 // order.
 func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) error {
-	if o.Hold <= 0 {
-		o.Hold = 30 * time.Minute
+	if o.Lease <= 0 {
+		o.Lease = RebuildLease
 	}
 	if o.Memory <= 0 {
 		o.Memory = rebuildMemory
@@ -61,12 +67,15 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) erro
 	if err != nil {
 		return fmt.Errorf("rebuild: opening %s: %w", topology.BucketView, err)
 	}
-	until := time.Now().Add(o.Hold).UTC().Format(time.RFC3339)
-	if _, err := kv.PutString(ctx, topology.RebuildKey, until); err != nil {
+	if err := markRebuild(ctx, kv, o.Lease); err != nil {
 		return fmt.Errorf("rebuild: marking the rebuild: %w", err)
 	}
-	// However it ends, the API must not stay on the old view.
+	// However it ends, the API must not stay on the old view. A rebuild
+	// that dies without this leaves a marker that expires instead.
 	defer func() { _ = kv.Delete(context.WithoutCancel(ctx), topology.RebuildKey) }()
+	renewing, stopRenewing := context.WithCancel(ctx)
+	defer stopRenewing()
+	go renewRebuild(renewing, kv, o.Lease, o.Projector.Logger)
 
 	if err := purgeView(ctx, js, kv); err != nil {
 		return err
@@ -86,6 +95,32 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) erro
 		o.Progress(total, total)
 	}
 	return nil
+}
+
+// markRebuild sets the rebuild marker to hold for lease from now.
+func markRebuild(ctx context.Context, kv jetstream.KeyValue, lease time.Duration) error {
+	_, err := kv.PutString(ctx, topology.RebuildKey, rebuildUntil(lease))
+	return err
+}
+
+func rebuildUntil(lease time.Duration) string {
+	return time.Now().Add(lease).UTC().Format(time.RFC3339)
+}
+
+// renewRebuild renews the marker's lease until ctx ends.
+func renewRebuild(ctx context.Context, kv jetstream.KeyValue, lease time.Duration, log *slog.Logger) {
+	t := time.NewTicker(lease / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := markRebuild(ctx, kv, lease); err != nil && ctx.Err() == nil && log != nil {
+			log.Warn("renewing the rebuild marker failed; will try again", "error", err)
+		}
+	}
 }
 
 // replay folds INCIDENTS_ENRICHED from first to last into the view, in

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/incidentpipe/pipeline/internal/envelope"
@@ -29,7 +30,11 @@ func TestProjectAndRebuild(t *testing.T) {
 	}
 }
 
-func projectAndRebuild(t *testing.T, memory int) {
+// projected publishes 300 enriched incidents of employees 1–3 (each twice),
+// runs a projector until the test ends, and returns their documents once
+// whole.
+func projected(t *testing.T) (jetstream.JetStream, map[string][]byte) {
+	t.Helper()
 	_, js := testkit.Connect(t, testkit.JetStream(t))
 	ctx := context.Background()
 	for i := range 300 {
@@ -72,6 +77,12 @@ func projectAndRebuild(t *testing.T, memory int) {
 		}
 		return true, ""
 	})
+	return js, docs
+}
+
+func projectAndRebuild(t *testing.T, memory int) {
+	ctx := context.Background()
+	js, docs := projected(t)
 	kv, _ := js.KeyValue(ctx, topology.BucketView)
 	if err := kv.Delete(ctx, "2"); err != nil {
 		t.Fatal(err)
@@ -102,6 +113,38 @@ func projectAndRebuild(t *testing.T, memory int) {
 			return false, err.Error()
 		}
 		return mustCounts(t, d) == [4]int{0, 0, 1, 0}, string(d)
+	})
+}
+
+// TestRebuildThatDiedIsRunAgain: a rebuild killed half-way (or cut off by
+// a power loss) leaves the view emptied and its marker behind; the marker's
+// lease runs out and a running projector rebuilds the view again, so that
+// nothing shown stays lost and the API does not hold the old view for ever.
+func TestRebuildThatDiedIsRunAgain(t *testing.T) {
+	ctx := context.Background()
+	js, docs := projected(t)
+	kv, err := js.KeyValue(ctx, topology.BucketView)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What a dead rebuild leaves: its marker, expired, and a purged view.
+	if _, err := kv.PutString(ctx, topology.RebuildKey, time.Now().Add(-time.Second).UTC().Format(time.RFC3339)); err != nil {
+		t.Fatal(err)
+	}
+	if err := purgeView(ctx, js, kv); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
+		for emp, want := range docs {
+			got, err := Document(ctx, js, emp)
+			if err != nil || string(got) != string(want) {
+				return false, fmt.Sprintf("employee %s not rebuilt: %v", emp, err)
+			}
+		}
+		if _, err := kv.Get(ctx, topology.RebuildKey); err == nil {
+			return false, "the rebuild marker is still there"
+		}
+		return true, ""
 	})
 }
 

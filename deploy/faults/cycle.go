@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -40,11 +41,14 @@ const (
 	// AtFirstWriteAfterStart stops the pipeline cleanly, starts it again
 	// and cuts at its first write.
 	AtFirstWriteAfterStart Fault = "at-first-write-after-start"
+	// DuringRebuild runs the README's live rebuild and cuts at a random
+	// one of its first writes to the view.
+	DuringRebuild Fault = "during-rebuild"
 )
 
 // AllFaults lists every fault, in the order a run cycles through them.
 func AllFaults() []Fault {
-	return []Fault{AtRandom, RightAfterShown, AfterIngest, AtViewWrite, AtConsumerAck, AtMetaRename, AtFirstWriteAfterStart}
+	return []Fault{AtRandom, RightAfterShown, AfterIngest, AtViewWrite, AtConsumerAck, AtMetaRename, AtFirstWriteAfterStart, DuringRebuild}
 }
 
 // CycleOptions configure one power-loss cycle.
@@ -96,7 +100,7 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 
 	var armed atomic.Bool
 	var reached atomic.Bool
-	trigger := triggerFor(o.Fault)
+	trigger := triggerFor(o.Fault, 2+rng.IntN(100))
 	fsys := lazyfs.New(lazyfs.Options{Mode: o.Mode, Seed: o.Seed, Trigger: func(op lazyfs.Op) bool {
 		if armed.Load() && trigger != nil && trigger(op) {
 			reached.Store(true)
@@ -204,6 +208,32 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 		armed.Store(true)
 		_ = sleep(ctx, cut, 10*time.Second)
 		fsys.PowerCut() // the fallback, when the operation did not come
+	case DuringRebuild:
+		stopFeed()
+		wg.Wait()
+		if err := waitAllShown(ctx, checker, up); err != nil {
+			proc.Kill()
+			return res, err
+		}
+		armed.Store(true)
+		rebuild := exec.Command(o.Binary, "rebuild")
+		rebuild.Env = append(os.Environ(), "NATS_URL="+proc.NATS, "LOG_FORMAT=text")
+		rebuild.Stdout, rebuild.Stderr = logFile, logFile
+		if err := rebuild.Start(); err != nil {
+			proc.Kill()
+			return res, fmt.Errorf("starting the rebuild: %w", err)
+		}
+		exited := make(chan struct{})
+		go func() { _ = rebuild.Wait(); close(exited) }()
+		select {
+		case <-cut:
+		case <-exited:
+			_ = sleep(ctx, cut, time.Duration(rng.Int64N(int64(time.Second))))
+		case <-time.After(60 * time.Second):
+		}
+		fsys.PowerCut() // the fallback, when the rebuild wrote less
+		_ = rebuild.Process.Kill()
+		<-exited
 	case AtMetaRename, AtFirstWriteAfterStart:
 		// Shown, then a clean stop (which fsyncs nothing by itself), then a
 		// start, cut short, while the upstream goes on listing new incidents.
@@ -304,9 +334,15 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 	return res, err
 }
 
-// triggerFor is the operation a named fault cuts at.
-func triggerFor(f Fault) func(lazyfs.Op) bool {
+// triggerFor is the operation a named fault cuts at; nth picks one of
+// several alike.
+func triggerFor(f Fault, nth int) func(lazyfs.Op) bool {
 	switch f {
+	case DuringRebuild:
+		var seen atomic.Int64
+		return func(op lazyfs.Op) bool {
+			return op.Kind == "write" && strings.Contains(op.Path, "/KV_INCIDENT_VIEW/msgs/") && seen.Add(1) == int64(nth)
+		}
 	case AtViewWrite:
 		return func(op lazyfs.Op) bool {
 			return op.Kind == "write" && strings.Contains(op.Path, "/KV_INCIDENT_VIEW/msgs/")
