@@ -211,6 +211,10 @@ func (c *Checker) Compare(ctx context.Context, base string, valid map[string]boo
 	return r, nil
 }
 
+// Header is the summary table's head, for Row.
+const Header = "| topology | fault | lazyfs mode | sync | shown | no longer listed | at the named operation | lost | duplicated | moved | invalid | took | |\n" +
+	"| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+
 // Row is a result as one line of the summary table.
 func Row(r Result) string {
 	mark := "ok"
@@ -224,8 +228,8 @@ func Row(r Result) string {
 	if sync == "" {
 		sync = "default"
 	}
-	return fmt.Sprintf("| %s | %s | %s | %d | %.0f%% | %v | %d | %d | %d | %d | %s | %s |",
-		r.Fault, r.Mode, sync, r.Report.Shown, 100*r.Unlisted, r.Triggered,
+	return fmt.Sprintf("| %s | %s | %s | %s | %d | %.0f%% | %v | %d | %d | %d | %d | %s | %s |",
+		r.Topology, r.Fault, r.Mode, sync, r.Report.Shown, 100*r.Unlisted, r.Triggered,
 		len(r.Report.Lost), len(r.Report.Duplicated), len(r.Report.Moved), len(r.Report.Invalid),
 		r.Duration.Round(100*time.Millisecond), mark)
 }

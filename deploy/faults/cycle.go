@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -28,7 +27,7 @@ const (
 	// an incident not shown before: nothing may be served before it is
 	// durable.
 	RightAfterShown Fault = "right-after-shown"
-	// AfterIngest cuts once everything added was shown and the pipeline
+	// AfterIngest cuts once everything listed was shown and the pipeline
 	// is idle.
 	AfterIngest Fault = "after-ingest"
 	// AtViewWrite cuts at a write to the view's bucket (its compare-and-set).
@@ -55,10 +54,14 @@ func AllFaults() []Fault {
 type CycleOptions struct {
 	Fault Fault
 	Mode  lazyfs.Mode
-	// Sync is NATS_SYNC for the standalone (empty: its default).
+	// Sync is NATS_SYNC, or nats-server's sync_interval (empty: the
+	// deployment's default).
 	Sync string
-	// Binary is the standalone binary; Capture the capture directory.
-	Binary, Capture string
+	// Topology is what runs on the machine; Binaries what it runs.
+	Topology Topology
+	Binaries Binaries
+	// Capture is the capture directory.
+	Capture string
 	// Dir is a scratch directory: the mount point and the logs go there.
 	Dir  string
 	Seed uint64
@@ -66,7 +69,8 @@ type CycleOptions struct {
 
 // Result is what one cycle found.
 type Result struct {
-	Fault  Fault
+	Topology Topology
+	Fault    Fault
 	Mode   lazyfs.Mode
 	Sync   string
 	Report Report
@@ -90,12 +94,12 @@ const (
 	pollInterval = 250 * time.Millisecond
 )
 
-// RunCycle runs the standalone on a lazy file system, feeds it the capture
+// RunCycle runs the pipeline on a lazy file system, feeds it the capture
 // through a window, cuts the power as the fault says, brings it back, and
 // compares what it serves with what it showed.
 func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 	start := time.Now()
-	res := Result{Fault: o.Fault, Mode: o.Mode, Sync: o.Sync}
+	res := Result{Topology: o.Topology, Fault: o.Fault, Mode: o.Mode, Sync: o.Sync}
 	rng := rand.New(rand.NewPCG(o.Seed, 0xc1c1e))
 
 	var armed atomic.Bool
@@ -117,7 +121,7 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 		return res, err
 	}
 	defer fsys.Unmount() //nolint:errcheck // best effort on the way out
-	logFile, err := os.Create(filepath.Join(o.Dir, "standalone.log"))
+	logFile, err := os.Create(filepath.Join(o.Dir, "pipeline.log"))
 	if err != nil {
 		return res, err
 	}
@@ -128,9 +132,9 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 		return res, err
 	}
 	defer up.Close()
-	sopts := StandaloneOptions{Binary: o.Binary, DataDir: filepath.Join(mnt, "data"), Upstream: up, Sync: o.Sync, PollInterval: pollInterval, Log: logFile}
+	dopts := DeployOptions{Topology: o.Topology, Binaries: o.Binaries, DataDir: filepath.Join(mnt, "data"), Upstream: up, Sync: o.Sync, PollInterval: pollInterval, Log: logFile}
 	up.Add()
-	proc, err := StartStandalone(ctx, sopts)
+	proc, err := Deploy(ctx, dopts)
 	if err != nil {
 		return res, err
 	}
@@ -198,7 +202,7 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 	case AfterIngest:
 		stopFeed()
 		wg.Wait()
-		if err := waitAllShown(ctx, checker, up); err != nil {
+		if err := waitListedShown(ctx, checker, up); err != nil {
 			proc.Kill()
 			return res, err
 		}
@@ -211,13 +215,12 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 	case DuringRebuild:
 		stopFeed()
 		wg.Wait()
-		if err := waitAllShown(ctx, checker, up); err != nil {
+		if err := waitListedShown(ctx, checker, up); err != nil {
 			proc.Kill()
 			return res, err
 		}
 		armed.Store(true)
-		rebuild := exec.Command(o.Binary, "rebuild")
-		rebuild.Env = append(os.Environ(), "NATS_URL="+proc.NATS, "LOG_FORMAT=text")
+		rebuild := proc.Rebuild()
 		rebuild.Stdout, rebuild.Stderr = logFile, logFile
 		if err := rebuild.Start(); err != nil {
 			proc.Kill()
@@ -243,7 +246,7 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 			return res, fmt.Errorf("stopping before the restart: %w", err)
 		}
 		armed.Store(true)
-		p, err := StartStandalone(ctx, sopts)
+		p, err := Deploy(ctx, dopts)
 		if err == nil {
 			proc = p
 			checker.SetAPI(p.API)
@@ -290,13 +293,13 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 	if err := fsys.Mount(mnt); err != nil {
 		return res, err
 	}
-	afterLog, err := os.Create(filepath.Join(o.Dir, "standalone-after.log"))
+	afterLog, err := os.Create(filepath.Join(o.Dir, "pipeline-after.log"))
 	if err != nil {
 		return res, err
 	}
 	defer afterLog.Close()
-	sopts.Log = afterLog
-	proc, err = StartStandalone(ctx, sopts)
+	dopts.Log = afterLog
+	proc, err = Deploy(ctx, dopts)
 	if err != nil {
 		return res, fmt.Errorf("restarting after the power loss: %w", err)
 	}
@@ -361,21 +364,22 @@ func triggerFor(f Fault, nth int) func(lazyfs.Op) bool {
 	return nil
 }
 
-// waitAllShown waits until every incident the upstream listed was shown.
-func waitAllShown(ctx context.Context, c *Checker, up *Upstream) error {
-	var want []string
-	for i := range up.Added() {
-		want = append(want, up.ChunkKeys(i)...)
-	}
+// waitListedShown waits until every incident the upstream lists was shown
+// (one that left the window unseen was never shown, so never promised).
+func waitListedShown(ctx context.Context, c *Checker, up *Upstream) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
+		listed, err := up.Listed()
+		if err != nil {
+			return err
+		}
 		if _, err := c.Poll(ctx); err == nil {
 			shown := map[string]bool{}
 			for _, k := range c.ShownKeys() {
 				shown[k] = true
 			}
 			missing := 0
-			for _, k := range want {
+			for k := range listed {
 				if !shown[k] {
 					missing++
 				}
@@ -384,7 +388,7 @@ func waitAllShown(ctx context.Context, c *Checker, up *Upstream) error {
 				return nil
 			}
 			if time.Now().After(deadline) {
-				return fmt.Errorf("%d of %d added incidents never shown", missing, len(want))
+				return fmt.Errorf("%d of %d listed incidents not shown within 60s", missing, len(listed))
 			}
 		}
 		if err := sleep(ctx, nil, 100*time.Millisecond); err != nil {
@@ -394,7 +398,7 @@ func waitAllShown(ctx context.Context, c *Checker, up *Upstream) error {
 }
 
 // waitReady waits until the standalone's /readyz answers 200.
-func waitReady(ctx context.Context, proc *Standalone) error {
+func waitReady(ctx context.Context, proc *Deployment) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		resp, err := http.Get(proc.API + "/readyz")
@@ -405,7 +409,7 @@ func waitReady(ctx context.Context, proc *Standalone) error {
 			}
 		}
 		if exited, werr := proc.Exited(); exited {
-			return fmt.Errorf("the standalone exited: %v", werr)
+			return fmt.Errorf("the pipeline exited: %v", werr)
 		}
 		if time.Now().After(deadline) {
 			return errors.New("not ready within 60s")
@@ -417,7 +421,7 @@ func waitReady(ctx context.Context, proc *Standalone) error {
 }
 
 // waitChunkShown waits until one GET /incidents shows every key.
-func waitChunkShown(ctx context.Context, proc *Standalone, keys []string, within time.Duration) error {
+func waitChunkShown(ctx context.Context, proc *Deployment, keys []string, within time.Duration) error {
 	c := NewChecker(proc.API)
 	deadline := time.Now().Add(within)
 	for {
@@ -435,7 +439,7 @@ func waitChunkShown(ctx context.Context, proc *Standalone, keys []string, within
 			}
 		}
 		if exited, werr := proc.Exited(); exited {
-			return fmt.Errorf("the standalone exited: %v", werr)
+			return fmt.Errorf("the pipeline exited: %v", werr)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d of %d new incidents not shown within %s (last error: %v)", missing, len(keys), within, err)
