@@ -71,9 +71,9 @@ type CycleOptions struct {
 type Result struct {
 	Topology Topology
 	Fault    Fault
-	Mode   lazyfs.Mode
-	Sync   string
-	Report Report
+	Mode     lazyfs.Mode
+	Sync     string
+	Report   Report
 	// Unlisted is the share of the shown incidents the upstream no longer
 	// listed when the pipeline came back: a cycle counts only from 30%,
 	// else the upstream heals what the harness should catch.
