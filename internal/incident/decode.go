@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"unicode/utf8"
 )
@@ -267,13 +266,14 @@ type Timestamp struct {
 	Value   float64
 }
 
-// ParseTimestamp accepts a finite JSON number.
+// ParseTimestamp accepts a JSON number of Unix seconds within the years
+// 0001 to 9999.
 func ParseTimestamp(raw []byte) (Timestamp, error) {
 	raw = bytes.TrimSpace(raw)
 	if len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9') && json.Valid(raw) {
 		f, err := strconv.ParseFloat(string(raw), 64)
-		if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-			return Timestamp{}, fmt.Errorf("timestamp %s is out of range", truncate(string(raw)))
+		if err != nil || !inRange(f) {
+			return Timestamp{}, outOfRange(string(raw))
 		}
 		return Timestamp{Literal: string(raw), Value: f}, nil
 	}
@@ -288,10 +288,25 @@ func ParseTimestamp(raw []byte) (Timestamp, error) {
 		return Timestamp{}, fmt.Errorf("timestamp %s is not a number", truncate(string(raw)))
 	}
 	f, err := strconv.ParseFloat(string(n), 64)
-	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-		return Timestamp{}, fmt.Errorf("timestamp %s is out of range", truncate(string(n)))
+	if err != nil || !inRange(f) {
+		return Timestamp{}, outOfRange(string(n))
 	}
 	return Timestamp{Literal: string(n), Value: f}, nil
+}
+
+// The timestamps accepted, in Unix seconds: the years 0001 to 9999, what
+// every clock and date library can represent. Beyond them a value is no
+// time at all, and arithmetic on it overflows (a score decayed by a
+// negative age).
+const (
+	MinTimestamp = -62135596800 // 0001-01-01T00:00:00Z
+	MaxTimestamp = 253402300799 // 9999-12-31T23:59:59Z
+)
+
+func inRange(f float64) bool { return f >= MinTimestamp && f <= MaxTimestamp } // false for NaN
+
+func outOfRange(n string) error {
+	return fmt.Errorf("timestamp %s is outside the years 0001 to 9999", truncate(n))
 }
 
 // Compare orders timestamps by value; it returns -1, 0 or +1.

@@ -45,10 +45,16 @@ func OfCounts(counts [4]int) float64 {
 // Decay returns score s of an incident age old, halved per halfLife of age
 // (halfLife 0: no decay). A future incident does not decay.
 func Decay(s float64, age, halfLife time.Duration) float64 {
-	if halfLife <= 0 || age <= 0 {
+	return decaySeconds(s, age.Seconds(), halfLife)
+}
+
+// decaySeconds is Decay with the age in seconds, which holds any age a
+// timestamp can give (a time.Duration ends at 292 years).
+func decaySeconds(s, age float64, halfLife time.Duration) float64 {
+	if halfLife <= 0 || !(age > 0) {
 		return s
 	}
-	return s * math.Exp2(-float64(age)/float64(halfLife))
+	return s * math.Exp2(-age/halfLife.Seconds())
 }
 
 // Level names a score's band.
@@ -117,10 +123,12 @@ func cmpFloat(a, b float64) int {
 // seconds) of each priority p, each score halved per halfLife of age at now.
 func OfTimestamps(timestamps [4][]float64, now time.Time, halfLife time.Duration) float64 {
 	var scores []float64
+	nowSeconds := float64(now.UnixNano()) / 1e9
 	for p, list := range timestamps {
 		for _, ts := range list {
-			age := now.Sub(time.Unix(0, int64(ts*1e9)))
-			scores = append(scores, Decay(PriorityScores[p], age, halfLife))
+			// In float seconds: nanoseconds of a timestamp past 2262 or
+			// before 1677 overflow an int64.
+			scores = append(scores, decaySeconds(PriorityScores[p], nowSeconds-ts, halfLife))
 		}
 	}
 	return Score(scores)

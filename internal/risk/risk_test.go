@@ -78,4 +78,17 @@ func TestOfTimestamps(t *testing.T) {
 	if a, b := OfTimestamps([4][]float64{nil, nil, nil, {1, 2}}, now, 0), OfCounts([4]int{0, 0, 0, 2}); math.Abs(a-b) > 1e-9 {
 		t.Errorf("without decay %v, want the score of the counts %v", a, b)
 	}
+	// Far future incidents do not decay, however far (their nanoseconds
+	// overflowed an int64 into a huge age: scored 0); far past ones decay
+	// to nothing.
+	for _, ts := range []float64{1e300, 253402300799, 1e12} {
+		if got, want := OfTimestamps([4][]float64{nil, nil, nil, {ts}}, now, day), OfCounts([4]int{0, 0, 0, 1}); math.Abs(got-want) > 1e-9 {
+			t.Errorf("critical at %g: %v, want %v undecayed", ts, got, want)
+		}
+	}
+	for _, ts := range []float64{-1e300, -62135596800} {
+		if got := OfTimestamps([4][]float64{nil, nil, nil, {ts}}, now, day); got != 0 {
+			t.Errorf("critical at %g: %v, want 0 (ancient)", ts, got)
+		}
+	}
 }
