@@ -97,6 +97,12 @@ func TestPipelineOnAThreeNodeCluster(t *testing.T) {
 		err := topology.Ensure(attempt, js, opts)
 		return err == nil, fmt.Sprintf("ensuring R3 topology: %v", err)
 	})
+	// A command run without the cluster's NATS_REPLICAS (rebuild,
+	// document, replay-dlq ensure the topology with the default 1) must
+	// not turn R3 into R1.
+	if err := topology.Ensure(connect, js, topology.DefaultOptions()); err != nil {
+		t.Fatalf("ensuring with the default replicas: %v", err)
+	}
 	for _, name := range []string{topology.StreamRaw, topology.StreamEnriched, topology.StreamDLQ, "KV_" + topology.BucketIdentities, "KV_" + topology.BucketView} {
 		st, err := js.Stream(ctx, name)
 		if err != nil {
