@@ -1,8 +1,3 @@
-// Package faults is the fault harness: it runs the pipeline on a file
-// system that loses unsynced writes (lazyfs) against an upstream that lists
-// each incident only for a window of time, records every incident the API
-// showed, cuts the power at random moments and at named operations, and
-// checks after recovery that nothing shown was lost, duplicated or moved.
 package faults
 
 import (
@@ -209,27 +204,4 @@ func (c *Checker) Compare(ctx context.Context, base string, valid map[string]boo
 	}
 	sort.Strings(r.Lost)
 	return r, nil
-}
-
-// Header is the summary table's head, for Row.
-const Header = "| topology | fault | lazyfs mode | sync | shown | no longer listed | at the named operation | lost | duplicated | moved | invalid | took | |\n" +
-	"| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
-
-// Row is a result as one line of the summary table.
-func Row(r Result) string {
-	mark := "ok"
-	switch {
-	case !r.Counted():
-		mark = "not counted"
-	case !r.Report.OK():
-		mark = "LOSS"
-	}
-	sync := r.Sync
-	if sync == "" {
-		sync = "default"
-	}
-	return fmt.Sprintf("| %s | %s | %s | %s | %d | %.0f%% | %v | %d | %d | %d | %d | %s | %s |",
-		r.Topology, r.Fault, r.Mode, sync, r.Report.Shown, 100*r.Unlisted, r.Triggered,
-		len(r.Report.Lost), len(r.Report.Duplicated), len(r.Report.Moved), len(r.Report.Invalid),
-		r.Duration.Round(100*time.Millisecond), mark)
 }

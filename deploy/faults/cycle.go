@@ -94,183 +94,287 @@ const (
 	pollInterval = 250 * time.Millisecond
 )
 
+// Header is the summary table's head, for Row.
+const Header = "| topology | fault | lazyfs mode | sync | shown | no longer listed | at the named operation | lost | duplicated | moved | invalid | took | |\n" +
+	"| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+
+// Row is a result as one line of the summary table.
+func Row(r Result) string {
+	mark := "ok"
+	switch {
+	case !r.Counted():
+		mark = "not counted"
+	case !r.Report.OK():
+		mark = "LOSS"
+	}
+	sync := r.Sync
+	if sync == "" {
+		sync = "default"
+	}
+	return fmt.Sprintf("| %s | %s | %s | %s | %d | %.0f%% | %v | %d | %d | %d | %d | %s | %s |",
+		r.Topology, r.Fault, r.Mode, sync, r.Report.Shown, 100*r.Unlisted, r.Triggered,
+		len(r.Report.Lost), len(r.Report.Duplicated), len(r.Report.Moved), len(r.Report.Invalid),
+		r.Duration.Round(100*time.Millisecond), mark)
+}
+
 // RunCycle runs the pipeline on a lazy file system, feeds it the capture
 // through a window, cuts the power as the fault says, brings it back, and
 // compares what it serves with what it showed.
 func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 	start := time.Now()
 	res := Result{Topology: o.Topology, Fault: o.Fault, Mode: o.Mode, Sync: o.Sync}
-	rng := rand.New(rand.NewPCG(o.Seed, 0xc1c1e))
+	c, err := newCycle(o)
+	if err != nil {
+		return res, err
+	}
+	defer c.close()
+	if err := c.run(ctx); err != nil {
+		return res, err
+	}
+	res.Triggered = c.reached.Load() || c.trigger == nil
+	if res.Unlisted, err = c.awaitUnlisted(ctx); err != nil {
+		return res, err
+	}
+	if err := c.recover(ctx); err != nil {
+		return res, err
+	}
+	res.Report, err = c.checker.Compare(ctx, c.proc.API, c.up.Valid())
+	res.Duration = time.Since(start)
+	return res, err
+}
 
-	var armed atomic.Bool
-	var reached atomic.Bool
-	trigger := triggerFor(o.Fault, 2+rng.IntN(100))
-	fsys := lazyfs.New(lazyfs.Options{Mode: o.Mode, Seed: o.Seed, Trigger: func(op lazyfs.Op) bool {
-		if armed.Load() && trigger != nil && trigger(op) {
-			reached.Store(true)
-			armed.Store(false)
+// cycle is one power-loss cycle under way.
+type cycle struct {
+	o       CycleOptions
+	rng     *rand.Rand
+	fsys    *lazyfs.FS
+	mnt     string
+	trigger func(lazyfs.Op) bool
+	armed   atomic.Bool // the trigger may fire
+	reached atomic.Bool // the trigger fired
+	logs    []*os.File
+	up      *Upstream
+	deploy  DeployOptions
+	proc    *Deployment
+	checker *Checker
+
+	// While the power is on: the upstream adds chunks, the checker reads.
+	stopFeed   context.CancelFunc
+	feeding    sync.WaitGroup
+	afterShown atomic.Bool // cut at the next poll that shows something new
+}
+
+// newCycle mounts a fresh lazy file system and prepares the upstream.
+func newCycle(o CycleOptions) (*cycle, error) {
+	c := &cycle{o: o, rng: rand.New(rand.NewPCG(o.Seed, 0xc1c1e)), mnt: filepath.Join(o.Dir, "mnt")}
+	c.trigger = triggerFor(o.Fault, 2+c.rng.IntN(100))
+	c.fsys = lazyfs.New(lazyfs.Options{Mode: o.Mode, Seed: o.Seed, Trigger: func(op lazyfs.Op) bool {
+		if c.armed.Load() && c.trigger != nil && c.trigger(op) {
+			c.reached.Store(true)
+			c.armed.Store(false)
 			return true
 		}
 		return false
 	}})
-	mnt := filepath.Join(o.Dir, "mnt")
-	if err := os.MkdirAll(mnt, 0o755); err != nil {
-		return res, err
+	if err := os.MkdirAll(c.mnt, 0o755); err != nil {
+		return nil, err
 	}
-	if err := fsys.Mount(mnt); err != nil {
-		return res, err
+	if err := c.fsys.Mount(c.mnt); err != nil {
+		return nil, err
 	}
-	defer fsys.Unmount() //nolint:errcheck // best effort on the way out
-	logFile, err := os.Create(filepath.Join(o.Dir, "pipeline.log"))
-	if err != nil {
-		return res, err
-	}
-	defer logFile.Close()
-
 	up, err := NewUpstream(o.Capture, chunkSize, window, o.Seed)
 	if err != nil {
-		return res, err
+		c.close()
+		return nil, err
 	}
-	defer up.Close()
-	dopts := DeployOptions{Topology: o.Topology, Binaries: o.Binaries, DataDir: filepath.Join(mnt, "data"), Upstream: up, Sync: o.Sync, PollInterval: pollInterval, Log: logFile}
-	up.Add()
-	proc, err := Deploy(ctx, dopts)
-	if err != nil {
-		return res, err
-	}
-	checker := NewChecker(proc.API)
+	c.up = up
+	c.deploy = DeployOptions{Topology: o.Topology, Binaries: o.Binaries, DataDir: filepath.Join(c.mnt, "data"),
+		Upstream: up, Sync: o.Sync, PollInterval: pollInterval}
+	return c, nil
+}
 
-	// Feed and watch until the power is cut.
-	feedCtx, stopFeed := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Add(2)
-	var afterShown atomic.Bool
-	go func() { // the upstream lists a new chunk every chunkEvery
-		defer wg.Done()
-		for feedCtx.Err() == nil && up.Added() < up.Chunks()-2 {
-			select {
-			case <-feedCtx.Done():
-				return
-			case <-time.After(chunkEvery):
-				up.Add()
+func (c *cycle) close() {
+	if c.proc != nil {
+		c.proc.Kill()
+	}
+	_ = c.fsys.Unmount()
+	if c.up != nil {
+		c.up.Close()
+	}
+	for _, f := range c.logs {
+		_ = f.Close()
+	}
+}
+
+// start deploys the pipeline with its output in the named log.
+func (c *cycle) start(ctx context.Context, log string) error {
+	f, err := os.Create(filepath.Join(c.o.Dir, log))
+	if err != nil {
+		return err
+	}
+	c.logs = append(c.logs, f)
+	c.deploy.Log = f
+	p, err := Deploy(ctx, c.deploy)
+	if err != nil {
+		return err
+	}
+	c.proc = p
+	return nil
+}
+
+// run starts the pipeline, feeds and watches it, and cuts the power as the
+// fault says; it returns with the pipeline killed and the file system off.
+func (c *cycle) run(ctx context.Context) error {
+	c.up.Add()
+	if err := c.start(ctx, "pipeline.log"); err != nil {
+		return err
+	}
+	c.checker = NewChecker(c.proc.API)
+	c.feed(ctx)
+	err := c.waitShown(chunkSize)
+	if err == nil {
+		err = c.inject(ctx)
+	}
+	if err != nil {
+		c.stopFeeding()
+		c.proc.Kill()
+		return err
+	}
+	<-c.fsys.Cut()
+	c.armed.Store(false) // the power comes back once per cycle
+	c.stopFeeding()
+	c.proc.Kill()
+	return c.fsys.Unmount()
+}
+
+// feed lists a new chunk every chunkEvery and reads the view as analysts
+// do, until stopFeeding.
+func (c *cycle) feed(ctx context.Context) {
+	feedCtx, stop := context.WithCancel(ctx)
+	c.stopFeed = stop
+	c.feeding.Add(2)
+	go func() {
+		defer c.feeding.Done()
+		for feedCtx.Err() == nil && c.up.Added() < c.up.Chunks()-2 {
+			if sleep(feedCtx, nil, chunkEvery) == nil && feedCtx.Err() == nil {
+				c.up.Add()
 			}
 		}
 	}()
-	go func() { // the checker reads the view as analysts do
-		defer wg.Done()
+	go func() {
+		defer c.feeding.Done()
 		for feedCtx.Err() == nil {
-			added, err := checker.Poll(feedCtx)
-			if err == nil && added > 0 && afterShown.Load() {
-				fsys.PowerCut()
+			added, err := c.checker.Poll(feedCtx)
+			if err == nil && added > 0 && c.afterShown.Load() {
+				c.fsys.PowerCut()
 				return
 			}
-			select {
-			case <-feedCtx.Done():
-			case <-time.After(100 * time.Millisecond):
-			}
+			_ = sleep(feedCtx, nil, 100*time.Millisecond)
 		}
 	}()
-	cut := fsys.Cut()
-	waitShown := func(n int) error { // until n incidents were shown, bounded
-		deadline := time.Now().Add(60 * time.Second)
-		for checker.Shown() < n {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("only %d incidents shown within 60s, want %d", checker.Shown(), n)
-			}
-			select {
-			case <-cut:
-				return nil
-			case <-time.After(50 * time.Millisecond):
-			}
+}
+
+func (c *cycle) stopFeeding() {
+	c.stopFeed()
+	c.feeding.Wait()
+}
+
+// waitShown waits until n incidents were shown (or the power is cut).
+func (c *cycle) waitShown(n int) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for c.checker.Shown() < n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d incidents shown within 60s, want %d", c.checker.Shown(), n)
 		}
-		return nil
+		select {
+		case <-c.fsys.Cut():
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	if err := waitShown(chunkSize); err != nil {
-		stopFeed()
-		wg.Wait()
-		proc.Kill()
-		return res, err
-	}
-	switch o.Fault {
+	return nil
+}
+
+// inject cuts the power as the fault says. Each named fault falls back to
+// a cut after a bound when its operation does not come.
+func (c *cycle) inject(ctx context.Context) error {
+	cut := c.fsys.Cut()
+	switch c.o.Fault {
 	case AtRandom:
-		_ = sleep(ctx, cut, time.Duration(rng.Int64N(int64(2*time.Second))))
-		fsys.PowerCut()
+		_ = sleep(ctx, cut, time.Duration(c.rng.Int64N(int64(2*time.Second))))
 	case RightAfterShown:
-		afterShown.Store(true)
+		c.afterShown.Store(true)
 		_ = sleep(ctx, cut, 20*time.Second)
-		fsys.PowerCut() // the fallback, when nothing new was shown
 	case AfterIngest:
-		stopFeed()
-		wg.Wait()
-		if err := waitListedShown(ctx, checker, up); err != nil {
-			proc.Kill()
-			return res, err
+		if err := c.settle(ctx); err != nil {
+			return err
 		}
 		_ = sleep(ctx, cut, time.Second)
-		fsys.PowerCut()
 	case AtViewWrite, AtConsumerAck:
-		armed.Store(true)
+		c.armed.Store(true)
 		_ = sleep(ctx, cut, 10*time.Second)
-		fsys.PowerCut() // the fallback, when the operation did not come
 	case DuringRebuild:
-		stopFeed()
-		wg.Wait()
-		if err := waitListedShown(ctx, checker, up); err != nil {
-			proc.Kill()
-			return res, err
+		if err := c.settle(ctx); err != nil {
+			return err
 		}
-		armed.Store(true)
-		rebuild := proc.Rebuild()
-		rebuild.Stdout, rebuild.Stderr = logFile, logFile
-		if err := rebuild.Start(); err != nil {
-			proc.Kill()
-			return res, fmt.Errorf("starting the rebuild: %w", err)
+		c.armed.Store(true)
+		if err := c.rebuild(ctx, cut); err != nil {
+			return err
 		}
-		exited := make(chan struct{})
-		go func() { _ = rebuild.Wait(); close(exited) }()
-		select {
-		case <-cut:
-		case <-exited:
-			_ = sleep(ctx, cut, time.Duration(rng.Int64N(int64(time.Second))))
-		case <-time.After(60 * time.Second):
-		}
-		fsys.PowerCut() // the fallback, when the rebuild wrote less
-		_ = rebuild.Process.Kill()
-		<-exited
 	case AtMetaRename, AtFirstWriteAfterStart:
 		// Shown, then a clean stop (which fsyncs nothing by itself), then a
 		// start, cut short, while the upstream goes on listing new incidents.
-		if err := proc.Stop(); err != nil {
-			stopFeed()
-			wg.Wait()
-			return res, fmt.Errorf("stopping before the restart: %w", err)
+		if err := c.proc.Stop(); err != nil {
+			return fmt.Errorf("stopping before the restart: %w", err)
 		}
-		armed.Store(true)
-		p, err := Deploy(ctx, dopts)
-		if err == nil {
-			proc = p
-			checker.SetAPI(p.API)
+		c.armed.Store(true)
+		if err := c.start(ctx, "pipeline-restart.log"); err == nil {
+			c.checker.SetAPI(c.proc.API)
 			_ = sleep(ctx, cut, 10*time.Second)
 		}
-		fsys.PowerCut() // the fallback, when the operation did not come
 	}
-	<-cut
-	armed.Store(false) // the power comes back once per cycle
-	stopFeed()
-	wg.Wait()
-	res.Triggered = reached.Load() || trigger == nil
-	proc.Kill()
-	if err := fsys.Unmount(); err != nil {
-		return res, err
-	}
+	c.fsys.PowerCut() // when nothing cut it yet
+	return nil
+}
 
-	// The upstream's window moves on before the machine is back.
-	shown := checker.ShownKeys()
+// settle stops the upstream adding and waits until all it lists is shown.
+func (c *cycle) settle(ctx context.Context) error {
+	c.stopFeeding()
+	return waitListedShown(ctx, c.checker, c.up)
+}
+
+// rebuild runs the README's live rebuild until the power is cut, or a
+// random moment after it ended.
+func (c *cycle) rebuild(ctx context.Context, cut <-chan struct{}) error {
+	cmd := c.proc.Rebuild()
+	cmd.Stdout, cmd.Stderr = c.deploy.Log, c.deploy.Log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the rebuild: %w", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	select {
+	case <-cut:
+	case <-exited:
+		_ = sleep(ctx, cut, time.Duration(c.rng.Int64N(int64(time.Second))))
+	case <-time.After(60 * time.Second):
+	}
+	c.fsys.PowerCut()
+	_ = cmd.Process.Kill()
+	<-exited
+	return nil
+}
+
+// awaitUnlisted waits until the upstream's window has moved on from what
+// was shown (most of it, or a bound), as the machine stays off; it returns
+// the share of the shown incidents no longer listed.
+func (c *cycle) awaitUnlisted(ctx context.Context) (float64, error) {
+	shown := c.checker.ShownKeys()
 	deadline := time.Now().Add(window + 5*time.Second)
 	for {
-		listed, err := up.Listed()
+		listed, err := c.up.Listed()
 		if err != nil {
-			return res, err
+			return 0, err
 		}
 		unlisted := 0
 		for _, k := range shown {
@@ -278,63 +382,61 @@ func RunCycle(ctx context.Context, o CycleOptions) (Result, error) {
 				unlisted++
 			}
 		}
+		share := 0.0
 		if len(shown) > 0 {
-			res.Unlisted = float64(unlisted) / float64(len(shown))
+			share = float64(unlisted) / float64(len(shown))
 		}
-		if res.Unlisted >= 0.9 || time.Now().After(deadline) {
-			break
+		if share >= 0.9 || time.Now().After(deadline) {
+			return share, nil
 		}
 		if err := sleep(ctx, nil, 100*time.Millisecond); err != nil {
-			return res, err
+			return share, err
 		}
 	}
+}
 
-	// Power back: the same file system from what it had synced.
-	if err := fsys.Mount(mnt); err != nil {
-		return res, err
+// recover brings the power back (the same file system, from what it had
+// synced), starts the pipeline and waits until it shows a marker chunk new
+// to it: everything stored before it has been projected and served then.
+// The marker is listed again each second, so that a slow start cannot miss
+// it.
+func (c *cycle) recover(ctx context.Context) error {
+	if err := c.fsys.Mount(c.mnt); err != nil {
+		return err
 	}
-	afterLog, err := os.Create(filepath.Join(o.Dir, "pipeline-after.log"))
-	if err != nil {
-		return res, err
+	if err := c.start(ctx, "pipeline-after.log"); err != nil {
+		return fmt.Errorf("restarting after the power loss: %w", err)
 	}
-	defer afterLog.Close()
-	dopts.Log = afterLog
-	proc, err = Deploy(ctx, dopts)
-	if err != nil {
-		return res, fmt.Errorf("restarting after the power loss: %w", err)
+	if err := waitReady(ctx, c.proc); err != nil {
+		return fmt.Errorf("after the power loss: %w", err)
 	}
-	defer proc.Kill()
-	if err := waitReady(ctx, proc); err != nil {
-		return res, fmt.Errorf("after the power loss: %w", err)
+	marker := c.up.Added()
+	if !c.up.Add() {
+		return errors.New("the capture is used up before the marker")
 	}
-	// A marker chunk, new to the pipeline: once it is shown, everything
-	// stored before it has been projected and served. It is listed again
-	// each second until then, so that a slow start cannot miss it.
-	marker := up.Added()
-	if !up.Add() {
-		return res, errors.New("the capture is used up before the marker")
-	}
-	deadline = time.Now().Add(90 * time.Second)
+	deadline := time.Now().Add(90 * time.Second)
 	for {
-		err := waitChunkShown(ctx, proc, up.ChunkKeys(marker), time.Second)
+		err := waitChunkShown(ctx, c.proc, c.up.ChunkKeys(marker), time.Second)
 		if err == nil {
-			break
+			return nil
 		}
-		exited, _ := proc.Exited()
-		if exited || time.Now().After(deadline) {
-			desc := proc.Describe(ctx)
-			if keep := os.Getenv("FAULTS_KEEP"); keep != "" {
-				if err := os.CopyFS(keep, os.DirFS(filepath.Join(mnt, "data"))); err != nil {
-					desc += "keeping the data: " + err.Error()
-				}
-			}
-			return res, fmt.Errorf("after the power loss, within 90s: %w; the server holds:\n%s", err, desc)
+		if exited, _ := c.proc.Exited(); exited || time.Now().After(deadline) {
+			return fmt.Errorf("after the power loss, within 90s: %w; the server holds:\n%s", err, c.keep(ctx))
 		}
-		up.Relist(marker)
+		c.up.Relist(marker)
 	}
-	res.Report, err = checker.Compare(ctx, proc.API, up.Valid())
-	res.Duration = time.Since(start)
-	return res, err
+}
+
+// keep describes the server for a failure, and copies its data to
+// $FAULTS_KEEP when that is set.
+func (c *cycle) keep(ctx context.Context) string {
+	desc := c.proc.Describe(ctx)
+	if keep := os.Getenv("FAULTS_KEEP"); keep != "" {
+		if err := os.CopyFS(keep, os.DirFS(filepath.Join(c.mnt, "data"))); err != nil {
+			desc += "keeping the data: " + err.Error()
+		}
+	}
+	return desc
 }
 
 // triggerFor is the operation a named fault cuts at; nth picks one of

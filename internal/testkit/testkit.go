@@ -81,7 +81,7 @@ func Connect(t testing.TB, s *server.Server) (*nats.Conn, jetstream.JetStream) {
 // produce (expected-incidents.json).
 func CaptureDir(t testing.TB) string {
 	t.Helper()
-	root, err := workspaceRoot()
+	root, err := WorkspaceRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ var built sync.Map // package → func() (string, error)
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
 	f, _ := built.LoadOrStore(pkg, sync.OnceValues(func() (string, error) {
-		root, err := workspaceRoot()
+		root, err := WorkspaceRoot()
 		if err != nil {
 			return "", err
 		}
@@ -180,8 +180,8 @@ func Build(t testing.TB, pkg string) string {
 	return bin
 }
 
-// workspaceRoot is the directory of go.work above the working directory.
-func workspaceRoot() (string, error) {
+// WorkspaceRoot is the directory of go.work above the working directory.
+func WorkspaceRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err

@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -348,18 +349,8 @@ func (fn *fsNode) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	for name, c := range fn.n.children {
 		entries = append(entries, fuse.DirEntry{Name: name, Mode: c.mode, Ino: c.ino})
 	}
-	slices.SortFunc(entries, func(a, b fuse.DirEntry) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(entries, func(a, b fuse.DirEntry) int { return strings.Compare(a.Name, b.Name) })
 	return fs.NewListDirStream(entries), 0
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (fn *fsNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {

@@ -24,6 +24,7 @@ import (
 
 	"github.com/incidentpipe/pipeline/deploy/faults"
 	"github.com/incidentpipe/pipeline/deploy/faults/lazyfs"
+	"github.com/incidentpipe/pipeline/internal/testkit"
 )
 
 func main() {
@@ -44,7 +45,7 @@ func run() (int, error) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	root, err := workspaceRoot()
+	root, err := testkit.WorkspaceRoot()
 	if err != nil {
 		return 2, err
 	}
@@ -122,22 +123,4 @@ func oneLine(err error) string {
 		}
 	}
 	return s
-}
-
-// workspaceRoot is the directory of go.work above the working directory.
-func workspaceRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("run it inside the repository: go.work not found")
-		}
-		dir = parent
-	}
 }
