@@ -100,13 +100,18 @@ func UnattributedSubject(ip netip.Addr) string {
 // UnattributedSubjects matches every unattributed incident.
 const UnattributedSubjects = enrichedPrefix + unattributedTok + ".>"
 
-// DLQSubject is where stage dead-letters incidents of type t (or "unknown").
+// DLQSubject is where stage dead-letters incidents of type t: a known
+// type, or "invalid" for anything else (none, or a token such as "a b" or
+// "x.>" that would make the subject invalid or match others).
 func DLQSubject(stage, t string) string {
-	if t == "" {
-		t = "unknown"
+	if _, err := incident.ParseType(t); err != nil {
+		t = InvalidTypeToken
 	}
 	return dlqPrefix + stage + "." + t
 }
+
+// InvalidTypeToken stands in a DLQ subject for a type that is not known.
+const InvalidTypeToken = "invalid"
 
 // EmployeeKey is the view key of an employee's document.
 func EmployeeKey(employee string) string { return employee }
