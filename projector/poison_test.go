@@ -9,10 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/incidentpipe/pipeline/internal/envelope"
-	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/testkit"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
@@ -39,23 +36,8 @@ func TestPoisonTypesAreDeadLettered(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	raw := []byte(`{"priority":"high","employee_id":7,"timestamp":100}`)
-	env := envelope.Enriched{ID: incident.ID(incident.Misuse, raw), Type: incident.Misuse, EmployeeID: "7", Incident: raw}
-	b, _ := env.Encode()
-	m := nats.NewMsg(topology.EnrichedSubject("7"))
-	m.Data = b
-	if _, err := js.PublishMsg(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-
-	p, err := New(Options{JS: js, Batch: 1, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(rctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	publishEnriched(t, js, "7", []byte(`{"priority":"high","employee_id":7,"timestamp":100}`), 1)
+	runProjector(t, js, 1)
 
 	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
 		d, err := Document(ctx, js, "7")

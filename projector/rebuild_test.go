@@ -6,11 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/incidentpipe/pipeline/internal/envelope"
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/testkit"
 	"github.com/incidentpipe/pipeline/internal/topology"
@@ -40,25 +38,9 @@ func projected(t *testing.T) (jetstream.JetStream, map[string][]byte) {
 	for i := range 300 {
 		emp := fmt.Sprint(1 + i%3)
 		raw := fmt.Appendf(nil, `{"priority":%q,"employee_id":%s,"timestamp":%d}`, incident.Priorities()[i%4], emp, i)
-		env := envelope.Enriched{ID: incident.ID(incident.Misuse, raw), Type: incident.Misuse, EmployeeID: emp, Incident: raw}
-		b, _ := env.Encode()
-		m := nats.NewMsg(topology.EnrichedSubject(emp))
-		m.Data = b
-		// Each twice: folding is idempotent.
-		for range 2 {
-			if _, err := js.PublishMsg(ctx, m); err != nil {
-				t.Fatal(err)
-			}
-		}
+		publishEnriched(t, js, emp, raw, 2) // each twice: folding is idempotent
 	}
-	p, err := New(Options{JS: js, Batch: 50, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(rctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runProjector(t, js, 50)
 	docs := map[string][]byte{}
 	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
 		for _, emp := range []string{"1", "2", "3"} {
@@ -99,14 +81,7 @@ func projectAndRebuild(t *testing.T, memory int) {
 		}
 	}
 	// After the rebuild, the running projector goes on from where it ended.
-	raw := []byte(`{"priority":"high","employee_id":4,"timestamp":5000}`)
-	env := envelope.Enriched{ID: incident.ID(incident.Misuse, raw), Type: incident.Misuse, EmployeeID: "4", Incident: raw}
-	b, _ := env.Encode()
-	m := nats.NewMsg(topology.EnrichedSubject("4"))
-	m.Data = b
-	if _, err := js.PublishMsg(ctx, m); err != nil {
-		t.Fatal(err)
-	}
+	publishEnriched(t, js, "4", []byte(`{"priority":"high","employee_id":4,"timestamp":5000}`), 1)
 	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
 		d, err := Document(ctx, js, "4")
 		if err != nil {
