@@ -47,6 +47,10 @@ var invalid = []struct {
 	{incident.Misuse, `{"priority":"urgent","employee_id":1,"timestamp":1}`, incident.ReasonUnknownPriority},
 	{incident.Misuse, `{"priority":"low","employee_id":1}`, incident.ReasonMissingTimestamp},
 	{incident.Misuse, `{"priority":"low","employee_id":1,"timestamp":"soon"}`, incident.ReasonInvalidTimestamp},
+	// Beyond the years 0001 to 9999: no time at all (1e300 once scored 0 in
+	// the risk decay, as if ancient).
+	{incident.Misuse, `{"priority":"critical","employee_id":1,"timestamp":1e300}`, incident.ReasonInvalidTimestamp},
+	{incident.Intrusion, `{"priority":"low","employee_id":1,"timestamp":-62135596801}`, incident.ReasonInvalidTimestamp},
 	{incident.Misuse, `{"priority":"low","timestamp":1}`, incident.ReasonMissingIdentity},
 	{incident.Probing, `{"priority":"low","ip":"not-an-ip","timestamp":1}`, incident.ReasonInvalidIdentity},
 	{incident.Other, `{"priority":"medium","identifier":"bob","timestamp":1}`, incident.ReasonInvalidIdentity},
