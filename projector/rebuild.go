@@ -73,9 +73,13 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, o RebuildOptions) erro
 	// However it ends, the API must not stay on the old view. A rebuild
 	// that dies without this leaves a marker that expires instead.
 	defer func() { _ = kv.Delete(context.WithoutCancel(ctx), topology.RebuildKey) }()
+	// The renewals stop, and the last of them is done, before the marker
+	// is deleted: a renewal landing after the delete would hold the view
+	// for a lease and have a projector run the rebuild again.
 	renewing, stopRenewing := context.WithCancel(ctx)
-	defer stopRenewing()
-	go renewRebuild(renewing, kv, o.Lease, o.Projector.Logger)
+	renewed := make(chan struct{})
+	go func() { defer close(renewed); renewRebuild(renewing, kv, o.Lease, o.Projector.Logger) }()
+	defer func() { stopRenewing(); <-renewed }()
 
 	if err := purgeView(ctx, js, kv); err != nil {
 		return err

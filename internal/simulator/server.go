@@ -249,16 +249,17 @@ func (s *Server) page(r *http.Request, t incident.Type, size int) []byte {
 	if items == nil {
 		items = []json.RawMessage{}
 	}
-	if size <= 0 && s.faults.Window <= 0 {
-		if b, ok := s.rendered[t]; ok {
+	if size <= 0 {
+		// A window changes the list with time alone: only a list without
+		// one is kept rendered until its data changes.
+		cached := s.faults.Window <= 0
+		if b, ok := s.rendered[t]; ok && cached {
 			return b
 		}
 		b, _ := json.Marshal(map[string]any{"results": items})
-		s.rendered[t] = b
-		return b
-	}
-	if size <= 0 {
-		b, _ := json.Marshal(map[string]any{"results": items})
+		if cached {
+			s.rendered[t] = b
+		}
 		return b
 	}
 	n, err := strconv.Atoi(r.URL.Query().Get("page"))
