@@ -138,7 +138,7 @@ func (e *Enricher) handle(ctx context.Context, msgs []jetstream.Msg) []stage.Out
 			owner = append(owner, i)
 		}
 	}
-	res, _ := stage.PublishAll(ctx, e.js, pubs)
+	res, _ := stage.PublishAtomic(ctx, e.js, pubs)
 	for j, r := range res {
 		i := owner[j]
 		switch {

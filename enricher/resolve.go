@@ -76,7 +76,7 @@ func (e *Enricher) ResolvePending(ctx context.Context) (int, error) {
 		}
 		msgs = append(msgs, msg)
 	}
-	if _, err := stage.PublishAll(ctx, e.js, msgs); err != nil {
+	if _, err := stage.PublishAtomic(ctx, e.js, msgs); err != nil {
 		return 0, err
 	}
 	e.metrics.reattributed.Add(float64(len(msgs)))

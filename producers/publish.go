@@ -66,7 +66,7 @@ func publishChunkRaw(ctx context.Context, js jetstream.JetStream, t incident.Typ
 		msgs = append(msgs, &nats.Msg{Subject: subject, Data: r.data, Header: nats.Header{topology.HeaderMsgID: {r.id}}})
 		sent = append(sent, r)
 	}
-	res, err := stage.PublishAll(ctx, js, msgs)
+	res, err := stage.PublishAtomic(ctx, js, msgs)
 	for i, r := range res {
 		if r.Ack != nil {
 			stored = append(stored, storedIncident{rawIncident: sent[i], new: !r.Ack.Duplicate})

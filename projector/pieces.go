@@ -128,7 +128,7 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 		return 0, err
 	}
 	if _, err := stage.PublishAll(ctx, js, c.writes); err != nil {
-		ps.purge(js, c.written)
+		ps.purge(ctx, js, c.written)
 		return 0, fmt.Errorf("writing pieces of %s: %w", employee, err)
 	}
 	var newRev uint64
@@ -137,31 +137,31 @@ func (ps *pieces) fold(ctx context.Context, js jetstream.JetStream, kv jetstream
 	} else {
 		newRev, err = kv.Update(ctx, employee, c.next.Encode(), c.rev)
 	}
-	if err := ps.settle(js, c, newRev, err); err != nil {
+	unnamed, err := ps.settle(c, newRev, err)
+	ps.purge(ctx, js, unnamed)
+	if err != nil {
 		return 0, err
 	}
 	return c.added, nil
 }
 
-// settle records the outcome of writing c's manifest: on success the
-// manifest is remembered and the replaced pieces purged; on a conflict the
-// new pieces are (errConflict).
-func (ps *pieces) settle(js jetstream.JetStream, c *change, newRev uint64, err error) error {
+// settle records the outcome of writing c's manifest and returns the
+// pieces no manifest names: on success the manifest is remembered and the
+// pieces it replaced are unnamed; on a conflict the new pieces are
+// (errConflict).
+func (ps *pieces) settle(c *change, newRev uint64, err error) (unnamed []string, _ error) {
 	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLastSequence(err) {
 		ps.forgetManifest(c.employee)
-		ps.purge(js, c.written)
-		return errConflict
+		return c.written, errConflict
 	}
 	if err != nil {
 		// The manifest may or may not be stored: keep the pieces (a
 		// retry reads the manifest again).
 		ps.forgetManifest(c.employee)
-		return fmt.Errorf("writing view %s: %w", c.employee, err)
+		return nil, fmt.Errorf("writing view %s: %w", c.employee, err)
 	}
 	ps.keep(c.employee, known{m: c.next, rev: newRev})
-	// The old pieces are no longer named by any manifest.
-	ps.purge(js, c.replaced)
-	return nil
+	return c.replaced, nil
 }
 
 // keep remembers an employee's manifest and its revision.
@@ -198,13 +198,19 @@ func manifestSize(m *view.Manifest) int {
 	return size
 }
 
-// purge removes pieces without waiting (a leftover piece costs space,
-// never correctness).
-func (ps *pieces) purge(js jetstream.JetStream, keys []string) {
-	ps.forget(keys)
-	for _, key := range keys {
-		_, _ = js.PublishMsgAsync(purgeMsg(key))
+// purge removes pieces no manifest names, in atomic batches (one fsync
+// each, where one purge at a time costs an fsync each); its failure is
+// ignored: a leftover piece costs space, never correctness.
+func (ps *pieces) purge(ctx context.Context, js jetstream.JetStream, keys []string) {
+	if len(keys) == 0 {
+		return
 	}
+	ps.forget(keys)
+	msgs := make([]*nats.Msg, len(keys))
+	for i, key := range keys {
+		msgs[i] = purgeMsg(key)
+	}
+	_, _ = stage.PublishAtomic(ctx, js, msgs)
 }
 
 // purgeMsg is a purge of a view key as kv.Purge writes it, to be published
@@ -230,18 +236,19 @@ func (ps *pieces) commit(ctx context.Context, js jetstream.JetStream, changes []
 			owner = append(owner, i)
 		}
 	}
-	res, _ := stage.PublishAll(ctx, js, writes)
+	res, _ := stage.PublishAtomic(ctx, js, writes)
 	for j, r := range res {
 		if i := owner[j]; r.Err != nil && errs[i] == nil {
 			errs[i] = fmt.Errorf("writing pieces of %s: %w", changes[i].employee, r.Err)
 		}
 	}
 	var manifests []*nats.Msg
+	var unnamed []string
 	owner = owner[:0]
 	for i, c := range changes {
 		if errs[i] != nil {
 			ps.forgetManifest(c.employee)
-			ps.purge(js, c.written)
+			unnamed = append(unnamed, c.written...)
 			continue
 		}
 		msg := nats.NewMsg("$KV." + topology.BucketView + "." + c.employee)
@@ -250,14 +257,17 @@ func (ps *pieces) commit(ctx context.Context, js jetstream.JetStream, changes []
 		manifests = append(manifests, msg)
 		owner = append(owner, i)
 	}
-	res, _ = stage.PublishAll(ctx, js, manifests)
+	res, _ = stage.PublishAtomic(ctx, js, manifests)
 	for j, r := range res {
 		var rev uint64
 		if r.Ack != nil {
 			rev = r.Ack.Sequence
 		}
-		errs[owner[j]] = ps.settle(js, changes[owner[j]], rev, r.Err)
+		var pieces []string
+		pieces, errs[owner[j]] = ps.settle(changes[owner[j]], rev, r.Err)
+		unnamed = append(unnamed, pieces...)
 	}
+	ps.purge(ctx, js, unnamed)
 	return errs
 }
 

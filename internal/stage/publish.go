@@ -29,34 +29,43 @@ type Published struct {
 // PublishAll publishes msgs asynchronously, at most publishWindow in flight,
 // and waits for each acknowledgement, every wait bounded by ctx and
 // PublishTimeout. The result has one entry per message, in order; err joins
-// the failures (nil when every message is stored). It stops sending at the
-// first refused window: the messages not sent carry err too.
+// the failures (nil when every message is stored). A message refused for
+// its own fault (OwnFault) costs only itself; past any other failure it
+// stops sending at the end of the window, and the messages not sent carry
+// the last error.
 func PublishAll(ctx context.Context, js jetstream.JetStream, msgs []*nats.Msg) (res []Published, err error) {
 	res = make([]Published, len(msgs))
 	var errs []error
 	timer := time.NewTimer(PublishTimeout)
 	defer timer.Stop()
-	sent := 0
-	for sent < len(msgs) && len(errs) == 0 {
+	sent, stop := 0, false
+	for sent < len(msgs) && !stop {
 		chunk := msgs[sent:min(sent+publishWindow, len(msgs))]
-		futures := make([]jetstream.PubAckFuture, 0, len(chunk))
-		for _, m := range chunk {
+		futures := make([]jetstream.PubAckFuture, len(chunk))
+		for i, m := range chunk {
 			f, err := js.PublishMsgAsync(m)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("publishing to %s: %w", m.Subject, err))
-				res[sent+len(futures)].Err = errs[len(errs)-1]
-				break
+				res[sent+i].Err = errs[len(errs)-1]
+				if stop = !OwnFault(err); stop {
+					break
+				}
+				continue // the message's own fault: the others go on
 			}
-			futures = append(futures, f)
+			futures[i] = f
 		}
 		timer.Reset(PublishTimeout)
 		for i, f := range futures {
+			if f == nil {
+				continue
+			}
 			select {
 			case ack := <-f.Ok():
 				res[sent+i].Ack = ack
 			case err := <-f.Err():
 				res[sent+i].Err = fmt.Errorf("publishing to %s: %w", chunk[i].Subject, err)
 				errs = append(errs, res[sent+i].Err)
+				stop = stop || !OwnFault(err)
 			case <-timer.C:
 				errs = append(errs, fmt.Errorf("publishing to %s: no acknowledgement within %s", chunk[i].Subject, PublishTimeout))
 				return fill(res, errs), summary(errs)

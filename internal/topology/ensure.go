@@ -66,6 +66,8 @@ func Streams(o Options) []jetstream.StreamConfig {
 			MaxBytes:    orUnlimited(o.RawMaxBytes),
 			Duplicates:  o.DuplicateWindow,
 			Replicas:    o.replicas(),
+			// One fsync per batch of incidents: see stage.PublishAtomic.
+			AllowAtomicPublish: true,
 		},
 		{
 			Name:        StreamEnriched,
@@ -77,6 +79,8 @@ func Streams(o Options) []jetstream.StreamConfig {
 			MaxBytes:    orUnlimited(o.EnrichedMaxBytes),
 			Duplicates:  o.DuplicateWindow,
 			Replicas:    o.replicas(),
+			// One fsync per batch of incidents: see stage.PublishAtomic.
+			AllowAtomicPublish: true,
 		},
 		{
 			Name:        StreamDLQ,
@@ -177,15 +181,19 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 func streamAsWanted(have, want jetstream.StreamConfig) bool {
 	return have.Description == want.Description && slices.Equal(have.Subjects, want.Subjects) &&
 		have.Storage == want.Storage && have.Retention == want.Retention && have.MaxAge == want.MaxAge &&
-		have.MaxBytes == want.MaxBytes && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas
+		have.MaxBytes == want.MaxBytes && have.Duplicates == want.Duplicates && have.Replicas == want.Replicas &&
+		have.AllowAtomicPublish == want.AllowAtomicPublish
 }
 
 func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) error {
 	kv, err := js.KeyValue(ctx, cfg.Bucket)
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound):
-		_, err = js.CreateKeyValue(ctx, cfg) // made meanwhile by another: retryRace compares again
-		return err
+		// Made meanwhile by another: retryRace compares again.
+		if _, err = js.CreateKeyValue(ctx, cfg); err != nil {
+			return err
+		}
+		return allowAtomic(ctx, js, KVStream(cfg.Bucket))
 	case err != nil:
 		return err
 	}
@@ -195,11 +203,29 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 	}
 	have := st.Config()
 	cfg.Replicas = max(cfg.Replicas, have.Replicas)
-	if have.Description == cfg.Description && have.History == cfg.History &&
-		have.Storage == cfg.Storage && have.Replicas == cfg.Replicas {
+	if have.Description != cfg.Description || have.History != cfg.History ||
+		have.Storage != cfg.Storage || have.Replicas != cfg.Replicas {
+		if _, err = js.UpdateKeyValue(ctx, cfg); err != nil {
+			return err
+		}
+	}
+	return allowAtomic(ctx, js, KVStream(cfg.Bucket))
+}
+
+// allowAtomic lets a bucket's stream take atomic batches (a bucket's own
+// configuration has no such field): the projector writes the view's pieces
+// and manifests a batch at a time, one fsync each.
+func allowAtomic(ctx context.Context, js jetstream.JetStream, stream string) error {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return err
+	}
+	cfg := s.CachedInfo().Config
+	if cfg.AllowAtomicPublish {
 		return nil
 	}
-	_, err = js.UpdateKeyValue(ctx, cfg)
+	cfg.AllowAtomicPublish = true
+	_, err = js.UpdateStream(ctx, cfg)
 	return err
 }
 

@@ -92,3 +92,40 @@ func TestEnsureLeavesUnchangedTopologyAlone(t *testing.T) {
 		t.Fatalf("consumer change not applied: %v", err)
 	}
 }
+
+// TestEnsureAllowsAtomicBatches: the streams the stages write in batches
+// take them, whether Ensure creates them or finds them made before batches
+// existed (a bucket's own configuration cannot say so).
+func TestEnsureAllowsAtomicBatches(t *testing.T) {
+	want := []string{topology.StreamRaw, topology.StreamEnriched,
+		topology.KVStream(topology.BucketView), topology.KVStream(topology.BucketIdentities)}
+	for _, existing := range []bool{false, true} {
+		ctx := context.Background()
+		_, js := testkit.Connect(t, testkit.JetStream(t)) // ensures once
+		if existing {
+			for _, name := range want {
+				s, err := js.Stream(ctx, name)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg := s.CachedInfo().Config
+				cfg.AllowAtomicPublish = false
+				if _, err := js.UpdateStream(ctx, cfg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := topology.Ensure(ctx, js, topology.DefaultOptions()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, name := range want {
+			s, err := js.Stream(ctx, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !s.CachedInfo().Config.AllowAtomicPublish {
+				t.Errorf("existing %v: %s does not allow atomic batches", existing, name)
+			}
+		}
+	}
+}

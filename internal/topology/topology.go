@@ -70,12 +70,36 @@ const (
 	HeaderReattributed = "Incident-Reattributed"
 )
 
+// Atomic batch publishing (nats-server 2.12+, on streams that allow it): the
+// messages of one batch are stored together or not at all, and the server
+// fsyncs the batch once, where one publish at a time costs an fsync each
+// when JetStream syncs always.
+const (
+	// HeaderBatchID names the batch a message belongs to (at most 64 bytes).
+	HeaderBatchID = "Nats-Batch-Id"
+	// HeaderBatchSequence is a message's position in its batch, from 1.
+	HeaderBatchSequence = "Nats-Batch-Sequence"
+	// HeaderBatchCommit, set to BatchCommit on the last message, commits it.
+	HeaderBatchCommit = "Nats-Batch-Commit"
+	// BatchCommit is the value of HeaderBatchCommit that commits a batch.
+	BatchCommit = "1"
+	// BatchAbandon is a value of HeaderBatchCommit the server refuses,
+	// which drops a batch at once rather than after its timeout.
+	BatchAbandon = "abandon"
+	// BatchMax is the most messages in one batch (the server's default
+	// limit, max_batch_size).
+	BatchMax = 1000
+)
+
 // UnattributedPrefix starts the view keys of unattributed documents.
 const UnattributedPrefix = unattributedTok + "."
 
 // RebuildKey is the view key that marks a rebuild in progress: its value is
 // the RFC 3339 time until which the API keeps serving the view it had.
 const RebuildKey = "rebuilding"
+
+// KVStream is the name of the stream that holds a key-value bucket.
+func KVStream(bucket string) string { return "KV_" + bucket }
 
 // RawSubject is the subject of raw incidents of type t.
 func RawSubject(t incident.Type) string { return rawPrefix + string(t) }
