@@ -5,6 +5,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,7 +49,23 @@ type Options struct {
 	// RiskHalfLife, when positive, halves an incident's risk score per
 	// half-life of its age (measured from now); zero: no decay.
 	RiskHalfLife time.Duration
+
+	// EventsMaxStreams bounds the /events streams open at once (0:
+	// DefaultMaxStreams); past it a new one is answered 503.
+	EventsMaxStreams int
+	// EventsMaxPerClient bounds the open streams of one token, or of one
+	// client address when the API has no tokens (0:
+	// DefaultMaxStreamsPerClient).
+	EventsMaxPerClient int
+	// EventsMaxLifetime ends a stream after this long (0:
+	// DefaultMaxStreamLifetime); the browser reconnects with Last-Event-ID
+	// and misses nothing.
+	EventsMaxLifetime time.Duration
 }
+
+// DefaultMaxStreamLifetime is how long an /events stream lasts at most by
+// default.
+const DefaultMaxStreamLifetime = time.Hour
 
 // eventsKept is how many changes /events keeps for clients that reconnect;
 // eventsBuffered how many a client may fall behind before it is dropped.
@@ -69,6 +87,12 @@ type API struct {
 	filters *filterCache
 	tokens  *tokens
 	handler http.Handler
+
+	streams        *streamLimits
+	streamLifetime time.Duration
+	stopping       chan struct{} // closed when Run's context ends: streams close
+	stopOnce       sync.Once
+	metrics        *metrics
 }
 
 // New returns the API for o; call Run to load and follow the view.
@@ -87,7 +111,14 @@ func New(o Options) (*API, error) {
 	}
 	log := o.Logger.With("stage", topology.StageAPI)
 	m := newMetrics(o.Registerer)
-	a := &API{js: o.JS, log: log, store: newStore(log, m)}
+	a := &API{js: o.JS, log: log, store: newStore(log, m), metrics: m, stopping: make(chan struct{})}
+	a.streams = newStreamLimits(cmp.Or(o.EventsMaxPerClient, DefaultMaxStreamsPerClient), cmp.Or(o.EventsMaxStreams, DefaultMaxStreams()))
+	a.streamLifetime = cmp.Or(o.EventsMaxLifetime, DefaultMaxStreamLifetime)
+	m.eventStreams = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "incidents_api_event_streams",
+		Help: "Open /events streams.",
+	}, func() float64 { return float64(a.streams.openStreams()) })
+	o.Registerer.MustRegister(m.eventStreams)
 	a.store.halfLife = o.RiskHalfLife
 	a.filters = newFilterCache(filterCacheBytes, a.store.snap.Load)
 	a.hub = newHub(eventsKept, eventsBuffered)
@@ -171,6 +202,9 @@ func (a *API) Handler() http.Handler { return a.handler }
 // Run loads the view and follows its changes until ctx ends; it also
 // re-reads the tokens file when it changes.
 func (a *API) Run(ctx context.Context) error {
+	// At shutdown the open streams end first, so that the HTTP server's
+	// graceful shutdown is not held by them.
+	context.AfterFunc(ctx, func() { a.stopOnce.Do(func() { close(a.stopping) }) })
 	if a.tokens != nil {
 		go a.tokens.watch(ctx.Done())
 	}

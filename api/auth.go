@@ -3,6 +3,7 @@ package api
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -21,15 +22,16 @@ type tokens struct {
 	path string
 	log  *slog.Logger
 
-	mu      sync.RWMutex
-	digests [][]byte
-	stamp   string // size and modification time of the file last loaded
+	mu       sync.RWMutex
+	digests  [][]byte
+	stamp    string        // size and modification time of the file last loaded
+	reloaded chan struct{} // closed at the next successful reload
 }
 
 // loadTokens reads path; an unreadable or malformed file is an error, so
 // that a mistake never opens the API.
 func loadTokens(path string, log *slog.Logger) (*tokens, error) {
-	t := &tokens{path: path, log: log}
+	t := &tokens{path: path, log: log, reloaded: make(chan struct{})}
 	if err := t.reload(); err != nil {
 		return nil, err
 	}
@@ -52,8 +54,19 @@ func (t *tokens) reload() error {
 	t.mu.Lock()
 	t.digests = digests
 	t.stamp = fmt.Sprint(st.Size(), st.ModTime().UnixNano())
+	if t.reloaded != nil {
+		close(t.reloaded)
+	}
+	t.reloaded = make(chan struct{})
 	t.mu.Unlock()
 	return nil
+}
+
+// changed returns a channel closed when the tokens are next reloaded.
+func (t *tokens) changed() <-chan struct{} {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.reloaded
 }
 
 // ParseTokens reads a tokens file: one "sha256:<64 hex digits>" per line,
@@ -123,7 +136,11 @@ func (t *tokens) Reload() {
 // allowed compares the token's digest with every allowed digest in constant
 // time, so timing tells nothing about which, or how much, matched.
 func (t *tokens) allowed(token string) bool {
-	sum := sha256.Sum256([]byte(token))
+	return t.allowedDigest(sha256.Sum256([]byte(token)))
+}
+
+// allowedDigest is allowed for a token's SHA-256 digest.
+func (t *tokens) allowedDigest(sum [sha256.Size]byte) bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	ok := 0
@@ -133,15 +150,25 @@ func (t *tokens) allowed(token string) bool {
 	return ok == 1
 }
 
-// require answers 401 unless the request carries an allowed bearer token.
+// require answers 401 unless the request carries an allowed bearer token;
+// the request's context then holds the token's digest (tokenDigest).
 func (t *tokens) require(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
-		if !strings.EqualFold(scheme, "Bearer") || token == "" || !t.allowed(strings.TrimSpace(token)) {
+		sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+		if !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(token) == "" || !t.allowedDigest(sum) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="incidents"`)
 			writeError(w, http.StatusUnauthorized, "a valid bearer token is required")
 			return
 		}
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), tokenDigestKey{}, sum)))
 	})
+}
+
+type tokenDigestKey struct{}
+
+// tokenDigest is the digest of the token a request was allowed with.
+func tokenDigest(ctx context.Context) (sum [sha256.Size]byte, ok bool) {
+	sum, ok = ctx.Value(tokenDigestKey{}).([sha256.Size]byte)
+	return sum, ok
 }

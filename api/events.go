@@ -1,6 +1,8 @@
 package api
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -112,7 +114,24 @@ const heartbeat = 15 * time.Second
 // events answers GET /events: Server-Sent Events, one "change" event per
 // change of the view (id: the view version), resumable with Last-Event-ID;
 // a "reset" event when the changes since that id are no longer kept.
+//
+// Streams are bounded (per token, or per client address without tokens,
+// and in all: 503 with Retry-After past either), last at most the stream
+// lifetime, end within seconds of their token's revocation, and end at
+// once when the server stops; a browser reconnects with Last-Event-ID.
 func (a *API) events(w http.ResponseWriter, r *http.Request) {
+	client, digest, hasToken := streamClient(r)
+	if limit := a.streams.acquire(client); limit != "" {
+		a.metrics.streamsRefused.WithLabelValues(limit).Inc()
+		w.Header().Set("Retry-After", "10")
+		msg := "too many open event streams; retry later"
+		if limit == "client" {
+			msg = "too many open event streams for this client; close one or retry later"
+		}
+		writeError(w, http.StatusServiceUnavailable, msg)
+		return
+	}
+	defer a.streams.release(client)
 	last, err := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
 	hasLast := r.Header.Get("Last-Event-ID") != ""
 	l, missed, reset, current := a.hub.subscribe(last, hasLast && err == nil)
@@ -155,11 +174,34 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 	}
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
+	lifetime := time.NewTimer(a.streamLifetime)
+	defer lifetime.Stop()
+	var revoked <-chan struct{} // closed at a reload of the tokens
+	if hasToken && a.tokens != nil {
+		revoked = a.tokens.changed()
+	}
+	end := func(reason, why string) {
+		a.metrics.streamsEnded.WithLabelValues(reason).Inc()
+		send("event: end\ndata: {\"reason\":%q}\n\n", why)
+	}
 	for {
 		select {
 		case <-r.Context().Done():
 			return
+		case <-a.stopping:
+			end("stopping", "the server is stopping; reconnect with Last-Event-ID")
+			return
+		case <-lifetime.C:
+			end("lifetime", "the stream reached its maximum lifetime; reconnect with Last-Event-ID")
+			return
+		case <-revoked:
+			if !a.tokens.allowedDigest(digest) {
+				end("revoked", "the token was revoked")
+				return
+			}
+			revoked = a.tokens.changed()
 		case <-l.dropped:
+			a.metrics.streamsEnded.WithLabelValues("behind").Inc()
 			send("event: dropped\ndata: {\"reason\":\"the client did not keep up; reconnect with Last-Event-ID\"}\n\n")
 			return
 		case c := <-l.ch:
@@ -172,4 +214,14 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// streamClient is whom a stream counts against: its token (by digest) when
+// the API has tokens, else the client's address.
+func streamClient(r *http.Request) (key string, digest [sha256.Size]byte, hasToken bool) {
+	if digest, ok := tokenDigest(r.Context()); ok {
+		return "token:" + hex.EncodeToString(digest[:8]), digest, true
+	}
+	addr, _ := clientAddress(r)
+	return "addr:" + addr, digest, false
 }

@@ -17,6 +17,9 @@ type metrics struct {
 	viewUnattributed prometheus.Gauge
 	viewUpdated      prometheus.Gauge
 	snapshotSeconds  prometheus.Histogram
+	eventStreams     prometheus.GaugeFunc
+	streamsRefused   *prometheus.CounterVec
+	streamsEnded     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -47,7 +50,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time to prepare what the API serves after the view changed; the next is prepared no sooner than 5x this later.",
 			Buckets: []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5},
 		}),
+		streamsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "incidents_api_event_streams_refused_total",
+			Help: "/events streams refused (503), by the limit reached: total or client.",
+		}, []string{"limit"}),
+		streamsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "incidents_api_event_streams_ended_total",
+			Help: "/events streams the server ended, by why: lifetime, revoked, stopping or behind.",
+		}, []string{"reason"}),
 	}
+	reg.MustRegister(m.streamsRefused, m.streamsEnded)
 	reg.MustRegister(m.requests, m.viewEmployees, m.viewIncidents, m.viewUnattributed, m.viewUpdated, m.snapshotSeconds)
 	return m
 }

@@ -123,7 +123,8 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	health.Add("projector", proj.Ready)
 	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"],
 		TokensFile: cfg.APITokensFile, MetricsAuth: cfg.MetricsAuth, RateLimit: cfg.APIRateLimit,
-		RiskHalfLife: cfg.RiskHalfLife})
+		RiskHalfLife:     cfg.RiskHalfLife,
+		EventsMaxStreams: cfg.EventsMaxStreams, EventsMaxPerClient: cfg.EventsMaxPerClient, EventsMaxLifetime: cfg.EventsMaxLifetime})
 	if err != nil {
 		return err
 	}

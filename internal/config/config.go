@@ -70,6 +70,10 @@ type Config struct {
 	RiskHalfLife  time.Duration
 	MetricsAddr   string
 
+	EventsMaxStreams   int           // 0: a quarter of the open-file limit
+	EventsMaxPerClient int           // 0: the API's default
+	EventsMaxLifetime  time.Duration // 0: the API's default
+
 	NATSCAFile  string
 	NATSTLSCert string
 	NATSTLSKey  string
@@ -207,6 +211,9 @@ func settings() []setting {
 			c.APIRateLimit = f
 			return nil
 		}},
+		{"EVENTS_MAX_STREAMS", "0", "/events streams open at once at most (0: a quarter of the process's open-file limit); past it 503 with Retry-After", count(func(c *Config) *int { return &c.EventsMaxStreams })},
+		{"EVENTS_MAX_PER_CLIENT", "16", "/events streams one token (or one client address without tokens) holds open at most", count(func(c *Config) *int { return &c.EventsMaxPerClient })},
+		{"EVENTS_MAX_LIFETIME", "1h", "how long one /events stream lasts at most; the browser reconnects with Last-Event-ID", dur(func(c *Config) *time.Duration { return &c.EventsMaxLifetime })},
 		{"RISK_HALF_LIFE", "0s", "risk scores halve per this age of an incident (0: no decay)", dur(func(c *Config) *time.Duration { return &c.RiskHalfLife })},
 		{"UPSTREAM_CA_FILE", "", "PEM CA certificates that sign the upstream's certificate (default: the system's)", str(func(c *Config) *string { return &c.UpstreamCAFile })},
 		{"NATS_CA_FILE", "", "PEM CA certificates of the NATS server (TLS)", str(func(c *Config) *string { return &c.NATSCAFile })},
@@ -221,6 +228,18 @@ func settings() []setting {
 		{"RAW_MAX_BYTES", "0", "size cap of INCIDENTS_RAW in bytes (0: none)", bytes(func(c *Config) *int64 { return &c.Topology.RawMaxBytes })},
 		{"ENRICHED_MAX_BYTES", "0", "size cap of INCIDENTS_ENRICHED in bytes (0: none)", bytes(func(c *Config) *int64 { return &c.Topology.EnrichedMaxBytes })},
 		{"DLQ_MAX_BYTES", "1073741824", "size cap of INCIDENTS_DLQ in bytes (0: none)", bytes(func(c *Config) *int64 { return &c.Topology.DLQMaxBytes })},
+	}
+}
+
+// count parses a whole number, at least 0.
+func count(field func(*Config) *int) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return errors.New("must be a whole number, at least 0")
+		}
+		*field(c) = n
+		return nil
 	}
 }
 
