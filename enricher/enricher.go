@@ -101,7 +101,7 @@ func (e *Enricher) Run(ctx context.Context) error {
 		return err
 	}
 	go e.resolveLoop(ctx, appeared)
-	go stage.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { e.metrics.pending.Set(float64(n)) })
+	go stage.TrackLag(ctx, cons, 5*time.Second, e.progress, e.metrics.pending.Set)
 	// A broken identities watch stops the stage: it could not attribute.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -115,6 +115,7 @@ func (e *Enricher) Run(ctx context.Context) error {
 		DLQ:          dlq.Publisher{JS: e.js, Stage: topology.StageEnricher},
 		Batch:        e.batch,
 		Progress:     e.progress,
+		Conn:         e.js.Conn(),
 		DeadLettered: func(reason string) { e.metrics.dlq.WithLabelValues(topology.StageEnricher, reason).Inc() },
 		Logger:       e.log,
 	})

@@ -90,7 +90,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	go stage.TrackLag(ctx, cons, 5*time.Second, func(n uint64) { p.metrics.pending.Set(float64(n)) })
+	go stage.TrackLag(ctx, cons, 5*time.Second, p.progress, p.metrics.pending.Set)
 	go p.removeMarkers(ctx, kv)
 	go p.resumeRebuilds(ctx, kv)
 	stage.Consume(ctx, cons, func(ctx context.Context, msgs []jetstream.Msg) []stage.Outcome {
@@ -100,6 +100,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		DLQ:          dlq.Publisher{JS: p.js, Stage: topology.StageProjector},
 		Batch:        p.batch,
 		Progress:     p.progress,
+		Conn:         p.js.Conn(),
 		DeadLettered: func(reason string) { p.metrics.dlq.WithLabelValues(topology.StageProjector, reason).Inc() },
 		Logger:       p.log,
 	})

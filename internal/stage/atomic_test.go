@@ -138,4 +138,3 @@ func TestPublishAtomicFailsWithoutServer(t *testing.T) {
 		}
 	}
 }
-

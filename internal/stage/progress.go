@@ -32,6 +32,11 @@ type Progress struct {
 	mu         sync.Mutex
 	since      time.Time // when the current stall began; zero when not stalled
 	lastErr    error
+	progressed time.Time     // the last progress (or the start)
+	quietMax   time.Duration // NoProgressAfter; shorter in tests
+	waiting    uint64        // the consumer's lag at its last reading
+	lagErr     error         // why the lag could not be read, since lagErrAt
+	lagErrAt   time.Time
 	lastLogged map[string]time.Time // kind → last failure logged
 	suppressed map[string]int       // kind → failures not logged since
 }
@@ -55,6 +60,8 @@ func NewProgress(stage string, reg prometheus.Registerer, log *slog.Logger) *Pro
 			ConstLabels: prometheus.Labels{"stage": stage},
 		}, []string{"kind"}),
 		logEvery:   time.Minute,
+		progressed: time.Now(),
+		quietMax:   NoProgressAfter,
 		lastLogged: map[string]time.Time{},
 		suppressed: map[string]int{},
 	}
@@ -69,6 +76,7 @@ func NewProgress(stage string, reg prometheus.Registerer, log *slog.Logger) *Pro
 func (p *Progress) OK() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.progressed = time.Now()
 	if p.since.IsZero() {
 		return
 	}
@@ -125,12 +133,54 @@ func (p *Progress) logLimited(kind, msg string, err error, attrs ...any) {
 // StalledGauge is the incidents_stage_stalled gauge, for tests.
 func (p *Progress) StalledGauge() prometheus.Gauge { return p.stalled }
 
-// Check is a readiness check: it fails while the stage is stalled.
+// NoProgressAfter is how long a stage may go without progress while work
+// waits for it (or without being able to read how much waits) before it is
+// not ready: with TrackLag's readings every 5 s, within 15 s.
+const NoProgressAfter = 10 * time.Second
+
+// lag records a reading of the consumer's lag (nil p: none kept).
+func (p *Progress) lag(n uint64) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n == 0 || p.waiting == 0 {
+		// Work that just arrived has had no time yet.
+		if grace := time.Now().Add(-p.quietMax / 2); p.progressed.Before(grace) {
+			p.progressed = grace
+		}
+	}
+	p.waiting, p.lagErr, p.lagErrAt = n, nil, time.Time{}
+}
+
+// lagUnknown records that the consumer's lag could not be read.
+func (p *Progress) lagUnknown(err error) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lagErr == nil {
+		p.lagErrAt = time.Now()
+	}
+	p.lagErr = err
+}
+
+// Check is a readiness check: it fails while the stage is stalled, while
+// work waits and none was done for NoProgressAfter, and while the
+// consumer's state cannot be read for as long.
 func (p *Progress) Check(context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.since.IsZero() {
-		return nil
+	now := time.Now()
+	switch {
+	case !p.since.IsZero():
+		return fmt.Errorf("stalled for %s: %w", now.Sub(p.since).Round(time.Second), p.lastErr)
+	case p.lagErr != nil && now.Sub(p.lagErrAt) >= p.quietMax:
+		return fmt.Errorf("the consumer's state cannot be read for %s: %w", now.Sub(p.lagErrAt).Round(time.Second), p.lagErr)
+	case p.waiting > 0 && now.Sub(p.progressed) >= p.quietMax:
+		return fmt.Errorf("%d messages wait and none was handled for %s", p.waiting, now.Sub(p.progressed).Round(time.Second))
 	}
-	return fmt.Errorf("stalled for %s: %w", time.Since(p.since).Round(time.Second), p.lastErr)
+	return nil
 }

@@ -6,30 +6,60 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/incidentpipe/pipeline/internal/wait"
+)
+
+// Pull requests last pullExpiry and the server sends a heartbeat every
+// pullHeartbeat while one waits: a pull lost on a server cut off from its
+// cluster (its clients still reach it, so the connection looks healthy) is
+// noticed after two missed heartbeats, not after nats.go's default 30 s.
+const (
+	pullExpiry    = 10 * time.Second
+	pullHeartbeat = 2 * time.Second
+	probeTimeout  = 3 * time.Second
 )
 
 // pullBatches pulls from a durable consumer and hands handle whatever has
 // arrived, up to batch messages at a time, until ctx ends. It never waits
 // for a batch to fill: one message is handled as soon as it arrives, many
 // are handled together, so both freshness and throughput hold. Failures
-// (a deleted consumer during a rebuild, a lost connection) are logged and
-// pulling starts again after a second.
-func pullBatches(ctx context.Context, cons jetstream.Consumer, batch int, log *slog.Logger, handle func([]jetstream.Msg)) {
+// (a deleted consumer during a rebuild, a lost connection, missed
+// heartbeats) are logged and pulling starts again after a second; when the
+// consumer cannot even be read any more over a connection that looks
+// healthy, nc (when set) is made to reconnect, to another server of the
+// cluster when there is one.
+func pullBatches(ctx context.Context, cons jetstream.Consumer, nc *nats.Conn, batch int, log *slog.Logger, handle func([]jetstream.Msg)) {
 	for ctx.Err() == nil {
 		err := pull(ctx, cons, batch, handle)
 		if ctx.Err() != nil {
 			return
 		}
 		log.Warn("pulling messages failed; starting again", "error", err)
+		if nc != nil && nc.IsConnected() && !reachable(ctx, cons) {
+			log.Warn("the consumer cannot be read over this connection; reconnecting", "server", nc.ConnectedServerName())
+			if err := nc.ForceReconnect(); err != nil {
+				log.Warn("reconnecting failed", "error", err)
+			}
+		}
 		_ = wait.For(ctx, time.Second)
 	}
 }
 
+// reachable reports whether the consumer's state can be read: its stream
+// has a leader this connection reaches.
+func reachable(ctx context.Context, cons jetstream.Consumer) bool {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	_, err := cons.Info(ctx)
+	return err == nil || ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded)
+}
+
 func pull(ctx context.Context, cons jetstream.Consumer, batch int, handle func([]jetstream.Msg)) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(2 * batch))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2*batch), jetstream.PullExpiry(pullExpiry),
+		jetstream.PullHeartbeat(pullHeartbeat), jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
 		return err
 	}

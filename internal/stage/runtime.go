@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/incidentpipe/pipeline/internal/dlq"
@@ -39,7 +40,11 @@ type Options struct {
 	Progress *Progress
 	// DeadLettered, when set, is called for each message dead-lettered.
 	DeadLettered func(reason string)
-	Logger       *slog.Logger
+	// Conn, when set, is the connection the consumer is read over: it is
+	// made to reconnect when the consumer cannot be read over it any more
+	// (its server cut off from the cluster, its clients still reaching it).
+	Conn   *nats.Conn
+	Logger *slog.Logger
 }
 
 func (o *Options) defaults() {
@@ -68,7 +73,7 @@ const maxTracked = 10_000
 func Consume(ctx context.Context, cons jetstream.Consumer, h Handler, o Options) {
 	o.defaults()
 	r := &runner{o: o, h: h, failures: map[uint64]int{}}
-	pullBatches(ctx, cons, o.Batch, o.Logger, func(msgs []jetstream.Msg) {
+	pullBatches(ctx, cons, o.Conn, o.Batch, o.Logger, func(msgs []jetstream.Msg) {
 		if stalled := r.handle(ctx, msgs); stalled {
 			r.backoff = min(max(2*r.backoff, 100*time.Millisecond), 30*time.Second)
 			_ = wait.For(ctx, r.backoff)

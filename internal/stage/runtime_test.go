@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -295,4 +296,37 @@ func (g gathered) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	g.t.Fatalf("no sample of %s{kind=%q}", g.name, g.label)
+}
+
+// TestLagFromTheServer: the lag is the server's count of what waits; once
+// the server cannot be asked, it is NaN (visibly unknown), never the last
+// count or 0.
+func TestLagFromTheServer(t *testing.T) {
+	s := testkit.JetStream(t)
+	_, js := testkit.Connect(t, s)
+	cons := consumer(t, js, 7)
+	readings := make(chan float64, 100)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go stage.TrackLag(ctx, cons, 50*time.Millisecond, nil, func(v float64) {
+		select {
+		case readings <- v:
+		default:
+		}
+	})
+	if v := <-readings; v != 7 {
+		t.Fatalf("lag %v, want the 7 messages waiting", v)
+	}
+	s.Shutdown()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case v := <-readings:
+			if math.IsNaN(v) {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the lag was never reported unknown with the server gone")
+		}
+	}
 }
