@@ -268,6 +268,10 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 	var last time.Time
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	// A watch is a consumer on one server: after a reconnect (that server
+	// restarted, or cut off from its cluster) it may never deliver again,
+	// and nats.go notices only after missed heartbeats, 10 s or more.
+	reconnects := js.Conn().Stats().Reconnects
 	for {
 		var e jetstream.KeyValueEntry
 		var ok bool
@@ -275,6 +279,9 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			if js.Conn().Stats().Reconnects != reconnects {
+				return errors.New("the NATS connection reconnected: watching the view again")
+			}
 			if s.halfLife > 0 && time.Since(s.decayedAt) >= decayEvery {
 				s.employeesDirty = true // scores decay with time, not only with changes
 			}

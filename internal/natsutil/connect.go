@@ -22,10 +22,17 @@ type ConnectOptions struct {
 	// CAFile, CertFile and KeyFile configure TLS to the server.
 	CAFile, CertFile, KeyFile string
 	Logger                    *slog.Logger
+	// InOrder tries the servers of URL in the order given rather than
+	// shuffled (tests use it to put every client on one server). Servers
+	// named in URL are never forgotten, where those a server advertised
+	// are when it stops advertising them (a server cut off from its peers
+	// does): list every server of a cluster in URL.
+	InOrder bool
 }
 
 // Connect connects to NATS, retrying the first connection until ctx ends, and
-// reconnecting forever afterwards.
+// reconnecting forever afterwards; in a cluster, also when JetStream cannot
+// be reached over a connection that is up (see watchJetStream).
 func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetStream, error) {
 	log := o.Logger
 	if log == nil {
@@ -64,6 +71,9 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 	}
 	if o.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(o.InProcess))
+	}
+	if o.InOrder {
+		opts = append(opts, nats.DontRandomize())
 	}
 	if o.User != "" || o.Password != "" {
 		opts = append(opts, nats.UserInfo(o.User, o.Password))
@@ -105,6 +115,7 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 		nc.Close()
 		return nil, nil, fmt.Errorf("connecting to JetStream: %w", err)
 	}
+	go watchJetStream(nc, js, log)
 	return nc, js, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -133,19 +134,35 @@ type batchAck struct {
 	Error    *jetstream.APIError `json:"error,omitempty"`
 }
 
+// commitTimeout bounds the wait for a batch's commit to be answered: a
+// batch is one write and one fsync, and a commit sent while its stream
+// elects a leader is never answered (publishing again is safe).
+const commitTimeout = 5 * time.Second
+
 // awaitCommits collects n commit answers by reply subject, waiting at most
-// PublishTimeout.
+// commitTimeout.
 func awaitCommits(ctx context.Context, nc *nats.Conn, sub *nats.Subscription, n int) (map[string]batchAck, error) {
-	ctx, cancel := context.WithTimeout(ctx, PublishTimeout)
+	ctx, cancel := context.WithTimeout(ctx, commitTimeout)
 	defer cancel()
 	if err := nc.FlushWithContext(ctx); err != nil {
 		return nil, fmt.Errorf("publishing a batch: %w", err)
 	}
 	acks := make(map[string]batchAck, n)
+	reconnects := nc.Stats().Reconnects
 	for len(acks) < n {
-		m, err := sub.NextMsgWithContext(ctx)
+		wait, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+		m, err := sub.NextMsgWithContext(wait)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			// An answer the server owed before the connection moved to
+			// another server never comes: say so now, not at the timeout.
+			if nc.Stats().Reconnects != reconnects {
+				return nil, errors.New("publishing a batch: the connection moved to another server before the commit was acknowledged")
+			}
+			continue
+		}
 		if errors.Is(err, context.DeadlineExceeded) {
-			return nil, fmt.Errorf("publishing a batch: no commit acknowledged within %s", PublishTimeout)
+			return nil, fmt.Errorf("publishing a batch: no commit acknowledged within %s", commitTimeout)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("publishing a batch: %w", err)

@@ -2,6 +2,8 @@ package pipelinetest
 
 import (
 	"context"
+	"log/slog"
+	"os"
 	"net"
 	"net/http"
 	"testing"
@@ -72,7 +74,7 @@ func (s *Stage) Err() (error, bool) {
 // Producers runs the producers against up every interval.
 func Producers(up producers.Upstream, interval time.Duration) StageFunc {
 	return func(ctx context.Context, js jetstream.JetStream) error {
-		p, err := producers.New(producers.Options{Upstream: up, JS: js, Interval: interval})
+		p, err := producers.New(producers.Options{Upstream: up, JS: js, Interval: interval, Logger: Logger("producers")})
 		if err != nil {
 			return err
 		}
@@ -83,7 +85,7 @@ func Producers(up producers.Upstream, interval time.Duration) StageFunc {
 // Enricher runs an enricher fetching batch messages at a time.
 func Enricher(batch int) StageFunc {
 	return func(ctx context.Context, js jetstream.JetStream) error {
-		e, err := enricher.New(enricher.Options{JS: js, Batch: batch})
+		e, err := enricher.New(enricher.Options{JS: js, Batch: batch, Logger: Logger("enricher")})
 		if err != nil {
 			return err
 		}
@@ -94,7 +96,7 @@ func Enricher(batch int) StageFunc {
 // Projector runs a projector fetching batch messages at a time.
 func Projector(batch int) StageFunc {
 	return func(ctx context.Context, js jetstream.JetStream) error {
-		p, err := projector.New(projector.Options{JS: js, Batch: batch})
+		p, err := projector.New(projector.Options{JS: js, Batch: batch, Logger: Logger("projector")})
 		if err != nil {
 			return err
 		}
@@ -112,7 +114,7 @@ func ServeAPI(t *testing.T, o natsutil.ConnectOptions) string {
 	}
 	ready := make(chan http.Handler, 1)
 	RunStage(t, o, func(ctx context.Context, js jetstream.JetStream) error {
-		a, err := api.New(api.Options{JS: js})
+		a, err := api.New(api.Options{JS: js, Logger: Logger("api")})
 		if err != nil {
 			return err
 		}
@@ -123,4 +125,13 @@ func ServeAPI(t *testing.T, o natsutil.ConnectOptions) string {
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return "http://" + l.Addr().String()
+}
+
+// Logger is the logger of a stage in tests: silent, unless PIPELINETEST_LOG
+// is set (then text on standard error), to follow a failing test's stages.
+func Logger(stage string) *slog.Logger {
+	if os.Getenv("PIPELINETEST_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil)).With("test_stage", stage)
 }
