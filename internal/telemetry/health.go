@@ -32,17 +32,32 @@ func (h *Health) Add(name string, c Check) {
 
 // Ready runs every check and returns the first failure.
 func (h *Health) Ready(ctx context.Context) error {
+	for _, r := range h.Report(ctx) {
+		if r.Err != nil {
+			return fmt.Errorf("%s: %w", r.Name, r.Err)
+		}
+	}
+	return nil
+}
+
+// Result is one check's outcome.
+type Result struct {
+	Name string
+	Err  error
+}
+
+// Report runs every check, in the order added, within 2 s in all.
+func (h *Health) Report(ctx context.Context) []Result {
 	h.mu.Lock()
 	checks := append([]namedCheck(nil), h.checks...)
 	h.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	for _, c := range checks {
-		if err := c.check(ctx); err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
-		}
+	out := make([]Result, len(checks))
+	for i, c := range checks {
+		out[i] = Result{c.name, c.check(ctx)}
 	}
-	return nil
+	return out
 }
 
 // Live answers 200 while the process serves HTTP.
@@ -51,14 +66,30 @@ func (h *Health) Live(w http.ResponseWriter, _ *http.Request) {
 	fmt.Fprintln(w, "ok")
 }
 
-// Readiness answers 200 when ready, else 503 with the reason.
+// Readiness answers 200 when every check passes, else 503; the first line
+// says "ready" or "not ready: <the first failure>", then one line per
+// component by name: "<name>: ok" or "<name>: <why not>".
 func (h *Health) Readiness(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	if err := h.Ready(r.Context()); err != nil {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintln(w, "not ready:", err)
-		return
+	results := h.Report(r.Context())
+	var first *Result
+	for i := range results {
+		if results[i].Err != nil && first == nil {
+			first = &results[i]
+		}
 	}
-	fmt.Fprintln(w, "ready")
+	if first != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintf(w, "not ready: %s: %v\n", first.Name, first.Err)
+	} else {
+		fmt.Fprintln(w, "ready")
+	}
+	for _, res := range results {
+		if res.Err != nil {
+			fmt.Fprintf(w, "%s: %v\n", res.Name, res.Err)
+		} else {
+			fmt.Fprintf(w, "%s: ok\n", res.Name)
+		}
+	}
 }
