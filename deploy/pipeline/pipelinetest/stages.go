@@ -3,9 +3,9 @@ package pipelinetest
 import (
 	"context"
 	"log/slog"
-	"os"
 	"net"
 	"net/http"
+	"os"
 	"testing"
 	"time"
 
