@@ -106,6 +106,13 @@ func ConnectNATS(ctx context.Context, cfg config.Config, o NATSOptions, health *
 		URL: cfg.NATSURL, InProcess: o.Embedded, Name: o.Name,
 		User: cfg.NATSUser, Password: cfg.NATSPassword.Reveal(), Creds: cfg.NATSCreds, Logger: log,
 		CAFile: cfg.NATSCAFile, CertFile: cfg.NATSTLSCert, KeyFile: cfg.NATSTLSKey,
+		OnClosed: func(err error) {
+			// Every stage of the process depends on it: exit, so that the
+			// supervisor (compose, systemd) starts it again, rather than
+			// stay up and ready while nothing moves.
+			log.Error("the NATS connection closed for good; exiting", "error", err)
+			os.Exit(1)
+		},
 	})
 	if err != nil {
 		return nil, err

@@ -22,6 +22,12 @@ type ConnectOptions struct {
 	// CAFile, CertFile and KeyFile configure TLS to the server.
 	CAFile, CertFile, KeyFile string
 	Logger                    *slog.Logger
+	// OnClosed, when set, is called if the connection closes for good
+	// other than by Close or Drain: nats.go gives up on a connection the
+	// server ended with an error it does not retry (a protocol violation
+	// such as a subject over the control-line limit), in-process ones
+	// included. Nothing reconnects it; its owner must start again.
+	OnClosed func(err error)
 	// InOrder tries the servers of URL in the order given rather than
 	// shuffled (tests use it to put every client on one server). Servers
 	// named in URL are never forgotten, where those a server advertised
@@ -71,6 +77,13 @@ func Connect(ctx context.Context, o ConnectOptions) (*nats.Conn, jetstream.JetSt
 	}
 	if o.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(o.InProcess))
+	}
+	if o.OnClosed != nil {
+		opts = append(opts, nats.ClosedHandler(func(c *nats.Conn) {
+			if err := c.LastError(); err != nil {
+				o.OnClosed(err)
+			}
+		}))
 	}
 	if o.InOrder {
 		opts = append(opts, nats.DontRandomize())
