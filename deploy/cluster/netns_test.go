@@ -172,3 +172,25 @@ func (c *netCluster) logs() string {
 	}
 	return b.String()
 }
+
+// cutBetween drops every packet between nodes i and j only (each still
+// reaches the third: a partition that is not transitive).
+func (c *netCluster) cutBetween(i, j int) {
+	sh(c.t, "ip", "netns", "exec", c.nodes[i], "iptables", "-A", "INPUT", "-s", c.ip(j), "-j", "DROP")
+	sh(c.t, "ip", "netns", "exec", c.nodes[i], "iptables", "-A", "OUTPUT", "-d", c.ip(j), "-j", "DROP")
+}
+
+// pause stops node i's process (SIGSTOP): its sockets stay open, nothing
+// answers; resume continues it.
+func (c *netCluster) pause(i int)  { _ = c.procs[i].Process.Signal(syscall.SIGSTOP) }
+func (c *netCluster) resume(i int) { _ = c.procs[i].Process.Signal(syscall.SIGCONT) }
+
+// node is the index of the node named name ("n1".."n3"), or -1.
+func (c *netCluster) node(name string) int {
+	for i := range c.nodes {
+		if name == fmt.Sprintf("n%d", i+1) {
+			return i
+		}
+	}
+	return -1
+}

@@ -29,43 +29,7 @@ const pollInterval = time.Second
 // there): the clients move to n1 and n2 rather than wait out the
 // partition, and once healed the view holds everything, once.
 func TestNodeCutOffFromItsPeers(t *testing.T) {
-	c := startNetCluster(t)
-	started := time.Now()
-	ctx := context.Background()
-	admin := natsutil.ConnectOptions{URL: c.URLs(), Name: "admin"}
-	connect, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	_, js, err := natsutil.Connect(connect, admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts := topology.DefaultOptions()
-	opts.Replicas = 3
-	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
-		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		err := topology.Ensure(attempt, js, opts)
-		return err == nil, fmt.Sprintf("ensuring R3 topology: %v\n%s", err, c.logs())
-	})
-	t.Logf("a fresh cluster took the R3 topology %s after its servers started", time.Since(started).Round(100*time.Millisecond))
-
-	sim, hs, expected := pipelinetest.CaptureUpstream(t, simulator.Faults{Latency: 5 * time.Millisecond, PageSize: 50})
-	client, err := upstream.New(upstream.Options{BaseURL: hs.URL, User: "user", Password: pipelinetest.UpstreamPassword})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Everyone on n3 first, knowing every server (as compose's NATS_URL
-	// does: a cut-off server stops advertising its peers, and clients
-	// forget the servers they learnt from it).
-	on3 := func(name string) natsutil.ConnectOptions {
-		return natsutil.ConnectOptions{URL: strings.Join([]string{c.ClientURL(2), c.ClientURL(0), c.ClientURL(1)}, ","),
-			InOrder: true, Name: name, Logger: pipelinetest.Logger(name)}
-	}
-	pipelinetest.RunStage(t, on3("producers"), pipelinetest.Producers(client, pollInterval))
-	pipelinetest.RunStage(t, on3("enricher"), pipelinetest.Enricher(100))
-	pipelinetest.RunStage(t, on3("projector"), pipelinetest.Projector(100))
-	api := pipelinetest.ServeAPI(t, on3("api"))
-	pipelinetest.WaitExact(t, api, expected, 180*time.Second)
+	c, js, sim, api, _ := pipelineOnNetCluster(t, third)
 
 	c.cutOff(2)
 	cut := time.Now()
@@ -176,4 +140,58 @@ func traceProgress(t *testing.T, js jetstream.JetStream, since time.Time) {
 		fmt.Fprintf(os.Stderr, "TRACE +%s %s\n", time.Since(since).Round(100*time.Millisecond), strings.Join(parts, " "))
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// pipelineOnNetCluster starts a cluster in network namespaces, ensures the
+// R3 topology, and runs every stage and the API on the node victim picks
+// first (every server listed, as compose's NATS_URL does: a cut-off server
+// stops advertising its peers, and clients forget the servers they learnt
+// from it); it returns once the view holds the capture.
+func pipelineOnNetCluster(t *testing.T, victim func(*netCluster, jetstream.JetStream) int) (c *netCluster, js jetstream.JetStream, sim *simulator.Server, api string, v int) {
+	t.Helper()
+	c = startNetCluster(t)
+	started := time.Now()
+	ctx := context.Background()
+	connect, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	nc, js, err := natsutil.Connect(connect, natsutil.ConnectOptions{URL: c.URLs(), Name: "admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	opts := topology.DefaultOptions()
+	opts.Replicas = 3
+	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
+		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		err := topology.Ensure(attempt, js, opts)
+		return err == nil, fmt.Sprintf("ensuring R3 topology: %v\n%s", err, c.logs())
+	})
+	took := time.Since(started)
+	t.Logf("a fresh cluster took the R3 topology %s after its servers started", took.Round(100*time.Millisecond))
+	if took > 15*time.Second {
+		t.Errorf("a fresh cluster took the topology after %s, want within 15 s", took.Round(100*time.Millisecond))
+	}
+
+	sim, hs, expected := pipelinetest.CaptureUpstream(t, simulator.Faults{Latency: 5 * time.Millisecond, PageSize: 50})
+	client, err := upstream.New(upstream.Options{BaseURL: hs.URL, User: "user", Password: pipelinetest.UpstreamPassword})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v = victim(c, js)
+	urls := []string{c.ClientURL(v)}
+	for i := range c.nodes {
+		if i != v {
+			urls = append(urls, c.ClientURL(i))
+		}
+	}
+	on := func(name string) natsutil.ConnectOptions {
+		return natsutil.ConnectOptions{URL: strings.Join(urls, ","), InOrder: true, Name: name, Logger: pipelinetest.Logger(name)}
+	}
+	pipelinetest.RunStage(t, on("producers"), pipelinetest.Producers(client, pollInterval))
+	pipelinetest.RunStage(t, on("enricher"), pipelinetest.Enricher(100))
+	pipelinetest.RunStage(t, on("projector"), pipelinetest.Projector(100))
+	api = pipelinetest.ServeAPI(t, on("api"))
+	pipelinetest.WaitExact(t, api, expected, 180*time.Second)
+	return c, js, sim, api, v
 }

@@ -67,22 +67,40 @@ func watchJetStream(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) {
 // the peer counts as gone (raft heartbeats every second).
 const peerSilence = 2 * time.Second
 
-// probe asks for INCIDENTS_RAW's state (every client may): the request
-// reaches the stream's leader, which must hear from a majority of its peers.
-// Over a server cut off from its peers it times out (the leader is across
-// the partition) or the answering leader is alone: it still calls itself
-// leader until raft's lost-quorum timeout, 10-20 s, and answers alone. A
-// deployment without the stream yet is probed by its account.
+// probe asks for the state of every stream of the pipeline (every client
+// may): each request reaches the stream's leader, which must hear from a
+// majority of its peers. Over a server cut off from its peers a request
+// times out (the leader is across the partition) or the answering leader
+// is alone: it still calls itself leader until raft's lost-quorum timeout,
+// 10-20 s, and answers alone. Every stream, as leaders are spread over the
+// servers and a partition need not be whole (a server that reaches one peer
+// but not the other reaches some leaders only). A deployment without the
+// streams yet is probed by its account.
 func probe(ctx context.Context, js jetstream.JetStream) error {
-	s, err := js.Stream(ctx, topology.StreamRaw)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		_, err = js.AccountInfo(ctx)
+	found := false
+	for _, name := range topology.StreamNames() {
+		s, err := js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		found = true
+		if err := heardByMajority(name, s.CachedInfo().Cluster); err != nil {
+			return err
+		}
+	}
+	if !found {
+		_, err := js.AccountInfo(ctx)
 		return err
 	}
-	if err != nil {
-		return err
-	}
-	cluster := s.CachedInfo().Cluster
+	return nil
+}
+
+// heardByMajority reports whether a stream's leader hears from a majority
+// of its group (an R1 stream has no peers to hear).
+func heardByMajority(stream string, cluster *jetstream.ClusterInfo) error {
 	if cluster == nil || len(cluster.Replicas) == 0 {
 		return nil
 	}
@@ -93,7 +111,7 @@ func probe(ctx context.Context, js jetstream.JetStream) error {
 		}
 	}
 	if size := len(cluster.Replicas) + 1; 2*heard <= size {
-		return fmt.Errorf("the leader of %s (%s) hears from %d of its %d peers", topology.StreamRaw, cluster.Leader, heard-1, size-1)
+		return fmt.Errorf("the leader of %s (%s) hears from %d of its %d peers", stream, cluster.Leader, heard-1, size-1)
 	}
 	return nil
 }

@@ -96,6 +96,19 @@ func Streams(o Options) []jetstream.StreamConfig {
 	}
 }
 
+// StreamNames is the name of every stream, those behind the buckets
+// included.
+func StreamNames() []string {
+	var names []string
+	for _, s := range Streams(DefaultOptions()) {
+		names = append(names, s.Name)
+	}
+	for _, b := range Buckets(DefaultOptions()) {
+		names = append(names, KVStream(b.Bucket))
+	}
+	return names
+}
+
 // Buckets returns the configuration of every key-value bucket.
 func Buckets(o Options) []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
