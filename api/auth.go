@@ -133,13 +133,9 @@ func (t *tokens) Reload() {
 	t.log.Info("API tokens reloaded", "tokens", n)
 }
 
-// allowed compares the token's digest with every allowed digest in constant
-// time, so timing tells nothing about which, or how much, matched.
-func (t *tokens) allowed(token string) bool {
-	return t.allowedDigest(sha256.Sum256([]byte(token)))
-}
-
-// allowedDigest is allowed for a token's SHA-256 digest.
+// allowedDigest compares a token's SHA-256 digest with every allowed digest
+// in constant time, so timing tells nothing about which, or how much,
+// matched.
 func (t *tokens) allowedDigest(sum [sha256.Size]byte) bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,6 +29,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/wait"
 )
 
 // Options configure an Enricher.
@@ -84,13 +86,22 @@ func (e *Enricher) Run(ctx context.Context) error {
 		return fmt.Errorf("opening %s: %w", topology.BucketIdentities, err)
 	}
 	appeared := make(chan struct{}, 1)
-	watchErr := make(chan error, 1)
 	loaded := make(chan struct{})
-	go func() { watchErr <- e.ids.watch(ctx, kv, loaded, appeared) }()
+	var loadOnce sync.Once
+	// A watch that breaks (its consumer lost with a server, and not
+	// recreated) is started again: the identities already known stay.
+	go func() {
+		for ctx.Err() == nil {
+			err := e.ids.watch(ctx, kv, func() { loadOnce.Do(func() { close(loaded) }) }, appeared)
+			if ctx.Err() != nil {
+				return
+			}
+			e.log.Warn("watching identities failed; watching again", "error", err)
+			_ = wait.For(ctx, time.Second)
+		}
+	}()
 	select {
 	case <-loaded:
-	case err := <-watchErr:
-		return err
 	case <-ctx.Done():
 		return nil
 	}
@@ -101,15 +112,11 @@ func (e *Enricher) Run(ctx context.Context) error {
 		return err
 	}
 	go e.resolveLoop(ctx, appeared)
+	if _, err := stage.Realign(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer(), e.log); err != nil {
+		e.log.Warn("checking the consumer's position failed; checking again in a while", "error", err)
+	}
+	go stage.KeepAligned(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer(), 5*time.Second, e.log)
 	go stage.TrackLag(ctx, cons, 5*time.Second, e.progress, e.metrics.pending.Set)
-	// A broken identities watch stops the stage: it could not attribute.
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		if err := <-watchErr; err != nil {
-			cancel(fmt.Errorf("watching identities: %w", err))
-		}
-	}()
 	stage.Consume(ctx, cons, e.handle, stage.Options{
 		Stage:        topology.StageEnricher,
 		DLQ:          dlq.Publisher{JS: e.js, Stage: topology.StageEnricher},
@@ -119,9 +126,6 @@ func (e *Enricher) Run(ctx context.Context) error {
 		DeadLettered: func(reason string) { e.metrics.dlq.WithLabelValues(topology.StageEnricher, reason).Inc() },
 		Logger:       e.log,
 	})
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
 	return nil
 }
 

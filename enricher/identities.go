@@ -34,7 +34,7 @@ func (ids *identities) len() int {
 
 // watch keeps the map current. It closes loaded after the initial values and
 // then signals appeared (without blocking) whenever an identity is put.
-func (ids *identities) watch(ctx context.Context, kv jetstream.KeyValue, loaded chan<- struct{}, appeared chan<- struct{}) error {
+func (ids *identities) watch(ctx context.Context, kv jetstream.KeyValue, loaded func(), appeared chan<- struct{}) error {
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", kv.Bucket(), err)
@@ -54,7 +54,7 @@ func (ids *identities) watch(ctx context.Context, kv jetstream.KeyValue, loaded 
 				// end of the initial values again.
 				if initial {
 					initial = false
-					close(loaded)
+					loaded()
 				}
 				continue
 			}

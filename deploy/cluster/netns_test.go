@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/incidentpipe/pipeline/deploy/faults/lazyfs"
 	"github.com/incidentpipe/pipeline/internal/embedded"
 	"github.com/incidentpipe/pipeline/internal/testkit"
 )
@@ -27,6 +28,7 @@ type netCluster struct {
 	procs  []*exec.Cmd
 	bin    string
 	dir    string
+	lazy   []*lazyfs.FS // each node's store, when on lazyfs (powerLoss)
 }
 
 // ip is the address of node i (0-based) in the cluster's subnet.
@@ -51,8 +53,9 @@ func sh(t *testing.T, args ...string) {
 	}
 }
 
-// startNetCluster starts the cluster; it needs root, ip and iptables.
-func startNetCluster(t *testing.T) *netCluster {
+// startNetClusterOn starts the cluster, each node's store on a lazyfs of
+// its own when lazy is set; it needs root, ip and iptables (and FUSE).
+func startNetClusterOn(t *testing.T, lazy bool) *netCluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		testkit.Require(t, "root (network namespaces)")
@@ -95,10 +98,51 @@ func startNetCluster(t *testing.T) *netCluster {
 		sh(t, "ip", "-n", ns, "link", "set", "eth0", "up")
 		sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
 	}
+	if lazy {
+		if err := lazyfs.Available(); err != nil {
+			testkit.Require(t, "FUSE ("+err.Error()+")")
+		}
+		for i := range c.nodes {
+			store := c.store(i)
+			if err := os.MkdirAll(store, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			f := lazyfs.New(lazyfs.Options{Mode: lazyfs.DropUnsynced})
+			if err := f.Mount(store); err != nil {
+				t.Fatal(err)
+			}
+			c.lazy = append(c.lazy, f)
+		}
+		// Registered after the namespaces' cleanup: runs before it, once
+		// the servers are killed below.
+		t.Cleanup(func() {
+			for i, f := range c.lazy {
+				c.kill(i)
+				_ = f.Unmount()
+			}
+		})
+	}
 	for i := range c.nodes {
 		c.start(i)
 	}
 	return c
+}
+
+// store is node i's JetStream directory.
+func (c *netCluster) store(i int) string { return filepath.Join(c.dir, fmt.Sprintf("n%d", i+1)) }
+
+// powerLoss cuts node i's power: whatever its store did not fsync is gone,
+// the process dies with it, and the node starts again on what survived.
+func (c *netCluster) powerLoss(i int) {
+	c.t.Helper()
+	c.lazy[i].PowerCut()
+	c.kill(i)
+	if err := c.lazy[i].Unmount(); err != nil {
+		c.t.Fatalf("unmounting n%d's store: %v", i+1, err)
+	}
+	if err := c.lazy[i].Mount(c.store(i)); err != nil {
+		c.t.Fatalf("mounting n%d's store again: %v", i+1, err)
+	}
 }
 
 // start starts node i's nats-server (again, after a kill) on its store.
@@ -116,7 +160,7 @@ listen: "%s:4222"
 max_payload: %d
 jetstream { store_dir: %q, sync_interval: always }
 cluster { name: incidents, listen: "%s:6222", routes: [%s], ping_interval: "1s", ping_max: 3 } # as deploy/nats/cluster.conf
-`, i+1, c.ip(i), embedded.MaxPayload, filepath.Join(c.dir, fmt.Sprintf("n%d", i+1)), c.ip(i), strings.Join(routes, ", "))
+`, i+1, c.ip(i), embedded.MaxPayload, c.store(i), c.ip(i), strings.Join(routes, ", "))
 	file := filepath.Join(c.dir, fmt.Sprintf("n%d.conf", i+1))
 	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -125,7 +169,10 @@ cluster { name: incidents, listen: "%s:6222", routes: [%s], ping_interval: "1s",
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", c.nodes[i], c.bin, "-c", file)
+	// nsenter joins the node's network namespace only: ip netns exec would
+	// also give it a mount namespace of its own, holding a copy of a lazyfs
+	// mount that a power loss must take away.
+	cmd := exec.Command("nsenter", "--net=/var/run/netns/"+c.nodes[i], c.bin, "-c", file)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -149,7 +149,19 @@ func traceProgress(t *testing.T, js jetstream.JetStream, since time.Time) {
 // from it); it returns once the view holds the capture.
 func pipelineOnNetCluster(t *testing.T, victim func(*netCluster, jetstream.JetStream) int) (c *netCluster, js jetstream.JetStream, sim *simulator.Server, api string, v int) {
 	t.Helper()
-	c = startNetCluster(t)
+	return pipelineOn(t, victim, netSetup{})
+}
+
+// netSetup varies pipelineOn: the nodes' stores on lazyfs, an upstream
+// that lists each incident only for a window.
+type netSetup struct {
+	lazy   bool
+	window time.Duration
+}
+
+func pipelineOn(t *testing.T, victim func(*netCluster, jetstream.JetStream) int, o netSetup) (c *netCluster, js jetstream.JetStream, sim *simulator.Server, api string, v int) {
+	t.Helper()
+	c = startNetClusterOn(t, o.lazy)
 	started := time.Now()
 	ctx := context.Background()
 	connect, cancel := context.WithTimeout(ctx, 60*time.Second)
@@ -173,7 +185,7 @@ func pipelineOnNetCluster(t *testing.T, victim func(*netCluster, jetstream.JetSt
 		t.Errorf("a fresh cluster took the topology after %s, want within 15 s", took.Round(100*time.Millisecond))
 	}
 
-	sim, hs, expected := pipelinetest.CaptureUpstream(t, simulator.Faults{Latency: 5 * time.Millisecond, PageSize: 50})
+	sim, hs, expected := pipelinetest.CaptureUpstream(t, simulator.Faults{Latency: 5 * time.Millisecond, PageSize: 50, Window: o.window})
 	client, err := upstream.New(upstream.Options{BaseURL: hs.URL, User: "user", Password: pipelinetest.UpstreamPassword})
 	if err != nil {
 		t.Fatal(err)

@@ -154,6 +154,13 @@ func (p *Progress) lag(n uint64) {
 	p.waiting, p.lagErr, p.lagErrAt = n, nil, time.Time{}
 }
 
+// stuck reports whether work waits and none was done for the quiet limit.
+func (p *Progress) stuck() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waiting > 0 && time.Since(p.progressed) >= p.quietMax
+}
+
 // lagUnknown records that the consumer's lag could not be read.
 func (p *Progress) lagUnknown(err error) {
 	if p == nil {

@@ -31,9 +31,13 @@ const (
 // consumer cannot even be read any more over a connection that looks
 // healthy, nc (when set) is made to reconnect, to another server of the
 // cluster when there is one.
-func pullBatches(ctx context.Context, cons jetstream.Consumer, nc *nats.Conn, batch int, log *slog.Logger, handle func([]jetstream.Msg)) {
+//
+// stuck, when set, says that work waits and none arrived for a while: a
+// pull that nats.go lost without noticing (heartbeats stopped being watched
+// across a quick reconnect) is then started again.
+func pullBatches(ctx context.Context, cons jetstream.Consumer, nc *nats.Conn, batch int, stuck func() bool, log *slog.Logger, handle func([]jetstream.Msg)) {
 	for ctx.Err() == nil {
-		err := pull(ctx, cons, batch, handle)
+		err := pull(ctx, cons, batch, stuck, handle)
 		if ctx.Err() != nil {
 			return
 		}
@@ -57,16 +61,32 @@ func reachable(ctx context.Context, cons jetstream.Consumer) bool {
 	return err == nil || ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded)
 }
 
-func pull(ctx context.Context, cons jetstream.Consumer, batch int, handle func([]jetstream.Msg)) error {
+// errNothingArrives restarts a pull that delivers nothing while work waits.
+var errNothingArrives = errors.New("work waits and nothing arrives: pulling again")
+
+func pull(ctx context.Context, cons jetstream.Consumer, batch int, stuck func() bool, handle func([]jetstream.Msg)) error {
 	it, err := cons.Messages(jetstream.PullMaxMessages(2*batch), jetstream.PullExpiry(pullExpiry),
 		jetstream.PullHeartbeat(pullHeartbeat), jetstream.WithMessagesErrOnMissingHeartbeat(true))
 	if err != nil {
 		return err
 	}
 	defer it.Stop()
+	// Waits are bounded, so that a stuck pull is seen; the end of ctx ends
+	// the wait at once.
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
 	msgs := make([]jetstream.Msg, 0, batch)
 	for {
-		m, err := it.Next(jetstream.NextContext(ctx))
+		m, err := it.Next(jetstream.NextMaxWait(pullExpiry))
+		if errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			if stuck != nil && stuck() {
+				return errNothingArrives
+			}
+			continue
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		if err != nil {
 			return err
 		}

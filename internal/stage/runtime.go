@@ -73,7 +73,7 @@ const maxTracked = 10_000
 func Consume(ctx context.Context, cons jetstream.Consumer, h Handler, o Options) {
 	o.defaults()
 	r := &runner{o: o, h: h, failures: map[uint64]int{}}
-	pullBatches(ctx, cons, o.Conn, o.Batch, o.Logger, func(msgs []jetstream.Msg) {
+	pullBatches(ctx, cons, o.Conn, o.Batch, o.Progress.stuck, o.Logger, func(msgs []jetstream.Msg) {
 		if stalled := r.handle(ctx, msgs); stalled {
 			r.backoff = min(max(2*r.backoff, 100*time.Millisecond), 30*time.Second)
 			_ = wait.For(ctx, r.backoff)

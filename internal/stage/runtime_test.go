@@ -330,3 +330,47 @@ func TestLagFromTheServer(t *testing.T) {
 		}
 	}
 }
+
+// TestRealignAConsumerAheadOfItsStream: a consumer whose delivered sequence
+// is past its stream's last (what a power loss of a whole cluster can
+// leave) never delivers the next messages; Realign recreates it, and it
+// delivers the stream from the start. One in place is left alone.
+func TestRealignAConsumerAheadOfItsStream(t *testing.T) {
+	ctx := context.Background()
+	_, js := testkit.Connect(t, testkit.JetStream(t))
+	cons := consumer(t, js, 3) // in place: nothing to do
+	log := slog.New(slog.DiscardHandler)
+	cfg := topology.EnricherConsumer()
+	if again, err := stage.Realign(ctx, js, topology.StreamRaw, cfg, log); err != nil || again {
+		t.Fatalf("a consumer in place: recreated %v (%v)", again, err)
+	}
+	_ = cons
+	if err := js.DeleteConsumer(ctx, topology.StreamRaw, cfg.Durable); err != nil {
+		t.Fatal(err)
+	}
+	ahead := cfg
+	ahead.DeliverPolicy, ahead.OptStartSeq = jetstream.DeliverByStartSequencePolicy, 100
+	if _, err := js.CreateConsumer(ctx, topology.StreamRaw, ahead); err != nil {
+		t.Fatal(err)
+	}
+	again, err := stage.Realign(ctx, js, topology.StreamRaw, cfg, log)
+	if err != nil || !again {
+		t.Fatalf("a consumer ahead of its stream: recreated %v (%v)", again, err)
+	}
+	c, err := js.Consumer(ctx, topology.StreamRaw, cfg.Durable)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := c.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range batch.Messages() {
+		n++
+		_ = m.Ack()
+	}
+	if n != 3 {
+		t.Errorf("the recreated consumer delivered %d of the stream's 3 messages", n)
+	}
+}
