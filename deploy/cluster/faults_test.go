@@ -16,7 +16,10 @@ import (
 // clusterFault is one fault of the three-node cluster: on whom every
 // client is first, how it starts, and how it heals.
 type clusterFault struct {
-	name   string
+	name string
+	// within bounds how long an incident listed during the fault may take
+	// to be shown (0: POLL_INTERVAL + 20 s).
+	within time.Duration
 	victim func(c *netCluster, js jetstream.JetStream) int
 	inject func(c *netCluster, victim int) (heal func())
 }
@@ -43,7 +46,9 @@ var clusterFaults = []clusterFault{
 		c.cutOff(v)
 		return func() { c.heal(v) }
 	}},
-	{name: "a partition that is not transitive", victim: third, inject: func(c *netCluster, v int) func() {
+	// Raft leaders on either side of a partition that is not transitive
+	// can change several times before it settles: 9-31 s measured.
+	{name: "a partition that is not transitive", within: 60 * time.Second, victim: third, inject: func(c *netCluster, v int) func() {
 		c.cutBetween(v, (v+1)%3)
 		return func() { c.heal(v) }
 	}},
@@ -88,9 +93,13 @@ func TestClusterFaults(t *testing.T) {
 			defer once.Do(heal)
 			for i, emp := range []int{4243001, 4243002} {
 				ts := addIncident(t, sim, emp)
-				d := waitShown(t, api, emp, ts, 60*time.Second)
+				d := waitShown(t, api, emp, ts, 90*time.Second)
 				t.Logf("incident %d listed during the fault: shown after %s", i+1, d.Round(100*time.Millisecond))
-				if limit := pollInterval + 20*time.Second; d > limit {
+				limit := pollInterval + 20*time.Second
+				if f.within > 0 {
+					limit = f.within
+				}
+				if d > limit {
 					t.Errorf("incident %d listed during the fault: shown after %s, want within %s", i+1, d.Round(100*time.Millisecond), limit)
 				}
 			}

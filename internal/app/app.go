@@ -107,6 +107,9 @@ func ConnectNATS(ctx context.Context, cfg config.Config, o NATSOptions, health *
 		User: cfg.NATSUser, Password: cfg.NATSPassword.Reveal(), Creds: cfg.NATSCreds, Logger: log,
 		CAFile: cfg.NATSCAFile, CertFile: cfg.NATSTLSCert, KeyFile: cfg.NATSTLSKey,
 		OnClosed: func(err error) {
+			if ctx.Err() != nil {
+				return // stopping: the connection was closed on purpose
+			}
 			// Every stage of the process depends on it: exit, so that the
 			// supervisor (compose, systemd) starts it again, rather than
 			// stay up and ready while nothing moves.

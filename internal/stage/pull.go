@@ -28,9 +28,9 @@ const (
 // are handled together, so both freshness and throughput hold. Failures
 // (a deleted consumer during a rebuild, a lost connection, missed
 // heartbeats) are logged and pulling starts again after a second; when the
-// consumer cannot even be read any more over a connection that looks
-// healthy, nc (when set) is made to reconnect, to another server of the
-// cluster when there is one.
+// consumer's leader does not even answer any more over a connection to a
+// cluster that looks healthy, nc (when set) is made to reconnect, to
+// another server of the cluster.
 //
 // stuck, when set, says that work waits and none arrived for a while: a
 // pull that nats.go lost without noticing (heartbeats stopped being watched
@@ -42,7 +42,7 @@ func pullBatches(ctx context.Context, cons jetstream.Consumer, nc *nats.Conn, ba
 			return
 		}
 		log.Warn("pulling messages failed; starting again", "error", err)
-		if nc != nil && nc.IsConnected() && !reachable(ctx, cons) {
+		if nc != nil && nc.IsConnected() && nc.ConnectedClusterName() != "" && !reachable(ctx, cons) {
 			log.Warn("the consumer cannot be read over this connection; reconnecting", "server", nc.ConnectedServerName())
 			if err := nc.ForceReconnect(); err != nil {
 				log.Warn("reconnecting failed", "error", err)
@@ -52,13 +52,20 @@ func pullBatches(ctx context.Context, cons jetstream.Consumer, nc *nats.Conn, ba
 	}
 }
 
-// reachable reports whether the consumer's state can be read: its stream
-// has a leader this connection reaches.
+// reachable reports whether the consumer's leader answers over this
+// connection: with its state, or with an error of its own (a consumer
+// deleted by an operator is there to be created again, not a reason to
+// move to another server).
 func reachable(ctx context.Context, cons jetstream.Consumer) bool {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
 	_, err := cons.Info(ctx)
-	return err == nil || ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded)
+	var apiErr *jetstream.APIError
+	switch {
+	case err == nil, errors.As(err, &apiErr), errors.Is(err, jetstream.ErrConsumerNotFound):
+		return true
+	}
+	return ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded)
 }
 
 // errNothingArrives restarts a pull that delivers nothing while work waits.
