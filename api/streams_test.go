@@ -21,9 +21,8 @@ import (
 	"github.com/incidentpipe/pipeline/internal/testkit"
 )
 
-// openStream opens GET /events with token and returns its status, its
-// Retry-After and, when it is open, a reader of its event names and a
-// function that closes it.
+// stream is one GET /events as a client sees it: its status, its
+// Retry-After and, when it is open, its event names and how to close it.
 type stream struct {
 	status     int
 	retryAfter string
@@ -31,6 +30,7 @@ type stream struct {
 	close      func()
 }
 
+// openStream opens GET /events with token.
 func openStream(t testing.TB, url, token string) stream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -112,10 +112,7 @@ func (e *Enricher) Run(ctx context.Context) error {
 		return err
 	}
 	go e.resolveLoop(ctx, appeared)
-	if _, err := stage.Realign(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer(), e.log); err != nil {
-		e.log.Warn("checking the consumer's position failed; checking again in a while", "error", err)
-	}
-	go stage.KeepAligned(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer(), 5*time.Second, e.log)
+	stage.KeepAligned(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer(), 5*time.Second, e.log)
 	go stage.TrackLag(ctx, cons, 5*time.Second, e.progress, e.metrics.pending.Set)
 	stage.Consume(ctx, cons, e.handle, stage.Options{
 		Stage:        topology.StageEnricher,

@@ -90,10 +90,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := stage.Realign(ctx, p.js, topology.StreamEnriched, topology.ProjectorConsumer(), p.log); err != nil {
-		p.log.Warn("checking the consumer's position failed; checking again in a while", "error", err)
-	}
-	go stage.KeepAligned(ctx, p.js, topology.StreamEnriched, topology.ProjectorConsumer(), 5*time.Second, p.log)
+	stage.KeepAligned(ctx, p.js, topology.StreamEnriched, topology.ProjectorConsumer(), 5*time.Second, p.log)
 	go stage.TrackLag(ctx, cons, 5*time.Second, p.progress, p.metrics.pending.Set)
 	go p.removeMarkers(ctx, kv)
 	go p.resumeRebuilds(ctx, kv)

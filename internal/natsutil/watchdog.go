@@ -35,6 +35,7 @@ func watchJetStream(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) {
 	tick := time.NewTicker(probeEvery)
 	defer tick.Stop()
 	var failingSince time.Time
+	streams := topology.StreamNames()
 	for range tick.C {
 		if nc.IsClosed() {
 			return
@@ -45,7 +46,7 @@ func watchJetStream(nc *nats.Conn, js jetstream.JetStream, log *slog.Logger) {
 		}
 		probed := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
-		err := probe(ctx, js)
+		err := probe(ctx, js, streams)
 		cancel()
 		switch {
 		case err == nil:
@@ -76,9 +77,9 @@ const peerSilence = 2 * time.Second
 // servers and a partition need not be whole (a server that reaches one peer
 // but not the other reaches some leaders only). A deployment without the
 // streams yet is probed by its account.
-func probe(ctx context.Context, js jetstream.JetStream) error {
+func probe(ctx context.Context, js jetstream.JetStream, streams []string) error {
 	found := false
-	for _, name := range topology.StreamNames() {
+	for _, name := range streams {
 		s, err := js.Stream(ctx, name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
 			continue

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"time"
 
@@ -102,10 +103,8 @@ type sentBatch struct {
 func sendBatch(nc *nats.Conn, msgs []*nats.Msg, reply string) bool {
 	id := nuid.Next()
 	for i, m := range msgs {
-		h := make(nats.Header, len(m.Header)+3)
-		for k, v := range m.Header {
-			h[k] = v
-		}
+		h := nats.Header{}
+		maps.Copy(h, m.Header)
 		h.Set(topology.HeaderBatchID, id)
 		h.Set(topology.HeaderBatchSequence, strconv.Itoa(i+1))
 		out := &nats.Msg{Subject: m.Subject, Data: m.Data, Header: h}

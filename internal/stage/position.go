@@ -50,21 +50,28 @@ func Realign(ctx context.Context, js jetstream.JetStream, stream string, cfg jet
 	return true, nil
 }
 
-// KeepAligned runs Realign every interval until ctx ends: the loss can
-// happen while the stage runs (its servers lose power and come back).
+// KeepAligned runs Realign now, before the stage consumes, then every
+// interval in the background until ctx ends: the loss can also happen while
+// the stage runs (its servers lose power and come back).
 func KeepAligned(ctx context.Context, js jetstream.JetStream, stream string, cfg jetstream.ConsumerConfig, every time.Duration, log *slog.Logger) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	check := func(level slog.Level) {
 		actx, cancel := context.WithTimeout(ctx, every)
+		defer cancel()
 		if _, err := Realign(actx, js, stream, cfg, log); err != nil && ctx.Err() == nil {
-			log.Debug("checking the consumer's position failed", "stream", stream, "consumer", cfg.Durable, "error", err)
+			log.Log(ctx, level, "checking the consumer's position failed; checking again in a while", "stream", stream, "consumer", cfg.Durable, "error", err)
 		}
-		cancel()
 	}
+	check(slog.LevelWarn)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				check(slog.LevelDebug)
+			}
+		}
+	}()
 }
