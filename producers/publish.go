@@ -55,7 +55,7 @@ func publishChunkRaw(ctx context.Context, js jetstream.JetStream, t incident.Typ
 	subject := topology.RawSubject(t)
 	for _, r := range items {
 		if int64(len(r.data)) > limit {
-			letter := dlq.Letter{Type: string(t), ID: r.id, Subject: subject, Data: r.data[:min(len(r.data), tooLargeKept)],
+			letter := dlq.Letter{Type: string(t), ID: r.id, Subject: subject, Data: r.data[:min(len(r.data), tooLargeKept)], Size: len(r.data),
 				Err: &incident.InvalidError{Reason: dlq.ReasonIncidentTooLarge, Detail: fmt.Sprintf("%d bytes; NATS carries at most %d", len(r.data), limit)}}
 			if err := (dlq.Publisher{JS: js, Stage: topology.StageProducers}).Publish(ctx, letter); err != nil {
 				return stored, err

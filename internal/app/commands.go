@@ -46,6 +46,8 @@ func ReplayDLQCommand() Command {
 				if n%100 == 0 {
 					fmt.Fprintf(os.Stderr, "replay-dlq: %d replayed\n", n)
 				}
+			}, Refused: func(seq uint64, why string) {
+				fmt.Fprintf(os.Stderr, "replay-dlq: dead letter %d left in the DLQ: %s\n", seq, why)
 			}})
 			fmt.Fprintf(os.Stderr, "replay-dlq: %d dead-lettered incidents sent back\n", n)
 			return err

@@ -4,7 +4,10 @@ package dlq
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -22,8 +25,14 @@ type Letter struct {
 	Type    string // incident type, or "" when unknown
 	ID      string // de-duplication id, so redelivery dead-letters once
 	Subject string // where the message was read from
-	Data    []byte // the message exactly as read
-	Err     error  // why; its incident.Reason becomes the reason header
+	// Stream and Sequence locate the message in the stream it was read
+	// from ("" and 0 when it never was in one, e.g. from the upstream).
+	Stream   string
+	Sequence uint64
+	Data     []byte // the message exactly as read, or its beginning
+	// Size is the original size when Data holds only its beginning.
+	Size int
+	Err  error // why; its incident.Reason becomes the reason header
 }
 
 // Reasons beyond an incident's own (incident.Reason): every reason token a
@@ -77,21 +86,59 @@ type Publisher struct {
 }
 
 // Publish stores l on incidents.dlq.<stage>.<type> and waits for the ack.
+// A message too large to be carried beside its letter's headers keeps its
+// beginning, with its original size in Incident-Dlq-Cut: its own content
+// never makes dead-lettering fail.
 func (p Publisher) Publish(ctx context.Context, l Letter) error {
 	msg := nats.NewMsg(topology.DLQSubject(p.Stage, l.Type))
-	msg.Data = l.Data
 	msg.Header.Set(topology.HeaderDLQReason, l.Reason())
 	msg.Header.Set(topology.HeaderDLQError, headerValue(l.Err.Error()))
-	msg.Header.Set(topology.HeaderDLQSubject, l.Subject)
+	msg.Header.Set(topology.HeaderDLQSubject, headerValue(l.Subject))
+	if l.Stream != "" {
+		msg.Header.Set(topology.HeaderDLQStream, headerValue(l.Stream))
+		msg.Header.Set(topology.HeaderDLQSequence, strconv.FormatUint(l.Sequence, 10))
+	}
 	if l.ID != "" {
-		msg.Header.Set(topology.HeaderMsgID, p.Stage+"."+l.ID)
+		msg.Header.Set(topology.HeaderMsgID, messageID(p.Stage, l.ID))
+	}
+	msg.Data = l.Data
+	cut := l.Size
+	if room := p.JS.Conn().MaxPayload() - headerBytes(msg.Header) - 64; int64(len(l.Data)) > room {
+		msg.Data, cut = l.Data[:max(room, 0)], max(cut, len(l.Data))
+	}
+	if cut > 0 {
+		msg.Header.Set(topology.HeaderDLQCut, strconv.Itoa(cut))
 	}
 	ctx, cancel := context.WithTimeout(ctx, natsutil.PublishTimeout)
 	defer cancel()
 	if _, err := p.JS.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("dead-lettering %s from %s: %w", l.ID, l.Subject, err)
+		return fmt.Errorf("dead-lettering %s from %s: %w", headerValue(l.ID), headerValue(l.Subject), err)
 	}
 	return nil
+}
+
+// headerBytes is the size of h on the wire, within a few bytes.
+func headerBytes(h nats.Header) int64 {
+	n := int64(len("NATS/1.0\r\n\r\n"))
+	for k, vs := range h {
+		for _, v := range vs {
+			n += int64(len(k) + len(": \r\n") + len(v))
+		}
+	}
+	return n
+}
+
+// maxMessageID bounds the de-duplication id of a letter; a longer one is
+// replaced by its hash.
+const maxMessageID = 256
+
+func messageID(stage, id string) string {
+	id = stage + "." + id
+	if len(id) <= maxMessageID && headerValue(id) == id {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return stage + ".sha256-" + hex.EncodeToString(sum[:16])
 }
 
 // maxErrorHeader bounds the Incident-Dlq-Error header.

@@ -1,13 +1,17 @@
 package dlq_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
 	"github.com/incidentpipe/pipeline/internal/dlq"
+	"github.com/incidentpipe/pipeline/internal/embedded"
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/testkit"
 	"github.com/incidentpipe/pipeline/internal/topology"
@@ -67,5 +71,70 @@ func TestReasons(t *testing.T) {
 		if !seen[want] {
 			t.Errorf("%s missing from Reasons", want)
 		}
+	}
+}
+
+// TestCutLetterReplayedFromItsSource: a message too large to be carried
+// beside its letter's headers is dead-lettered all the same, keeping its
+// beginning and where it came from; replay sends the original back whole,
+// and refuses by name a cut letter whose original is gone.
+func TestCutLetterReplayedFromItsSource(t *testing.T) {
+	const maxPayload = 64 << 10
+	_, js := testkit.Connect(t, testkit.JetStreamWith(t, embedded.Options{MaxPayload: maxPayload}))
+	ctx := context.Background()
+	subject := topology.RawSubject("misuse")
+	publish := func(fill byte) ([]byte, uint64) {
+		data := bytes.Repeat([]byte{fill}, maxPayload-200)
+		ack, err := js.Publish(ctx, subject, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data, ack.Sequence
+	}
+	kept, keptSeq := publish('a')
+	gone, goneSeq := publish('b')
+	p := dlq.Publisher{JS: js, Stage: topology.StageEnricher}
+	bad := &incident.InvalidError{Reason: incident.ReasonNotObject, Detail: strings.Repeat("x", 900)}
+	for i, l := range []dlq.Letter{
+		{Type: "misuse", ID: "kept", Subject: subject, Stream: topology.StreamRaw, Sequence: keptSeq, Data: kept, Err: bad},
+		{Type: "misuse", ID: "gone", Subject: subject, Stream: topology.StreamRaw, Sequence: goneSeq, Data: gone, Err: bad},
+		// From the upstream, already cut: no stream holds its original.
+		{Type: "misuse", ID: "upstream", Subject: subject, Data: kept[:100], Size: 10 << 20, Err: bad},
+	} {
+		if err := p.Publish(ctx, l); err != nil {
+			t.Fatalf("letter %d: %v", i, err)
+		}
+	}
+	s, _ := js.Stream(ctx, topology.StreamDLQ)
+	first, err := s.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := first.Header
+	if h.Get(topology.HeaderDLQCut) != strconv.Itoa(len(kept)) || len(first.Data) >= len(kept) || !bytes.HasPrefix(kept, first.Data) ||
+		h.Get(topology.HeaderDLQStream) != topology.StreamRaw || h.Get(topology.HeaderDLQSequence) != strconv.FormatUint(keptSeq, 10) {
+		t.Fatalf("cut letter: %d bytes, headers %v", len(first.Data), h)
+	}
+	raw, _ := js.Stream(ctx, topology.StreamRaw)
+	if err := raw.DeleteMsg(ctx, goneSeq); err != nil {
+		t.Fatal(err)
+	}
+	var refused []uint64
+	n, err := dlq.Replay(ctx, js, dlq.ReplayOptions{Refused: func(seq uint64, why string) {
+		refused = append(refused, seq)
+		t.Logf("refused %d: %s", seq, why)
+	}})
+	if n != 1 || !errors.Is(err, dlq.ErrRefused) || fmt.Sprint(refused) != "[2 3]" {
+		t.Fatalf("replay: %d replayed, %v, refused %v; want 1, ErrRefused, [2 3]", n, err, refused)
+	}
+	back, err := raw.GetLastMsgForSubject(ctx, subject)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.Sequence == keptSeq || !bytes.Equal(back.Data, kept) {
+		t.Errorf("replayed message %d of %d bytes; want the original's %d bytes again", back.Sequence, len(back.Data), len(kept))
+	}
+	if n := testkit.StreamMsgs(t, js, topology.StreamDLQ); n != 2 {
+		t.Errorf("DLQ holds %d letters after the replay; want the 2 refused", n)
 	}
 }

@@ -186,6 +186,9 @@ func (r *runner) deadLetter(ctx context.Context, m jetstream.Msg, out Outcome) e
 		id = fmt.Sprintf("seq-%d", sequence(m))
 	}
 	letter := dlq.Letter{Type: out.Type, ID: id, Subject: m.Subject(), Data: m.Data(), Err: out.Err}
+	if md, err := m.Metadata(); err == nil {
+		letter.Stream, letter.Sequence = md.Stream, md.Sequence.Stream
+	}
 	if err := r.o.DLQ.Publish(ctx, letter); err != nil {
 		return err
 	}

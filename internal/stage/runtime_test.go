@@ -1,11 +1,13 @@
 package stage_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/incidentpipe/pipeline/internal/dlq"
+	"github.com/incidentpipe/pipeline/internal/embedded"
 	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/testkit"
 	"github.com/incidentpipe/pipeline/internal/topology"
@@ -372,5 +375,54 @@ func TestRealignAConsumerAheadOfItsStream(t *testing.T) {
 	}
 	if n != 3 {
 		t.Errorf("the recreated consumer delivered %d of the stream's 3 messages", n)
+	}
+}
+
+// TestRejectedNearMaxPayloadDeadLettersAndGoesOn: a message just under the
+// max payload, refused for its content, is dead-lettered (cut, with where
+// it came from) at once, and the messages after it are handled.
+func TestRejectedNearMaxPayloadDeadLettersAndGoesOn(t *testing.T) {
+	const maxPayload = 64 << 10
+	_, js := testkit.Connect(t, testkit.JetStreamWith(t, embedded.Options{MaxPayload: maxPayload}))
+	ctx := context.Background()
+	big := bytes.Repeat([]byte("x"), maxPayload-100)
+	for _, data := range [][]byte{big, []byte("after")} {
+		if _, err := js.Publish(ctx, topology.RawSubject("misuse"), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cons, err := topology.EnsureConsumer(ctx, js, topology.StreamRaw, topology.EnricherConsumer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := &acked{seen: map[string]int{}}
+	var failures atomic.Int64
+	h := func(ctx context.Context, msgs []jetstream.Msg) []stage.Outcome {
+		out := make([]stage.Outcome, len(msgs))
+		for i, m := range msgs {
+			if len(m.Data()) > 100 {
+				out[i] = stage.Rejected(strings.Repeat("t", 10_000), "", errors.New("too big to like"))
+				continue
+			}
+			done.add(m)
+			out[i] = stage.Done()
+		}
+		return out
+	}
+	reg := prometheus.NewRegistry()
+	o := options(js, reg, nil)
+	o.DeadLettered = func(string) { failures.Add(1) }
+	run(t, js, cons, h, o)
+	testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+		return done.count("after") == 1 && failures.Load() == 1, fmt.Sprintf("after handled %d times, %d dead-lettered", done.count("after"), failures.Load())
+	})
+	s, _ := js.Stream(ctx, topology.StreamDLQ)
+	m, err := s.GetLastMsgForSubject(ctx, topology.DLQSubject("test", "invalid"))
+	if err != nil {
+		t.Fatalf("no letter on %s: %v", topology.DLQSubject("test", "invalid"), err)
+	}
+	if m.Header.Get(topology.HeaderDLQCut) != strconv.Itoa(len(big)) || m.Header.Get(topology.HeaderDLQSequence) != "1" ||
+		m.Header.Get(topology.HeaderDLQStream) != topology.StreamRaw {
+		t.Errorf("letter headers %v", m.Header)
 	}
 }

@@ -65,6 +65,15 @@ const (
 	HeaderDLQError = "Incident-Dlq-Error"
 	// HeaderDLQSubject is the subject a dead-lettered message was read from.
 	HeaderDLQSubject = "Incident-Dlq-Subject"
+	// HeaderDLQStream and HeaderDLQSequence name the stream and sequence a
+	// dead-lettered message was read from, so that the original can be
+	// found when the letter could not carry it whole.
+	HeaderDLQStream   = "Incident-Dlq-Stream"
+	HeaderDLQSequence = "Incident-Dlq-Sequence"
+	// HeaderDLQCut is the original size in bytes of a dead-lettered message
+	// whose letter keeps only its beginning (it would not fit in one
+	// message beside its headers).
+	HeaderDLQCut = "Incident-Dlq-Cut"
 	// HeaderReattributed marks an enriched incident that was published
 	// unattributed before and has now been attributed.
 	HeaderReattributed = "Incident-Reattributed"
