@@ -3,7 +3,9 @@ package producers
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/incidentpipe/pipeline/internal/dlq"
 	"github.com/incidentpipe/pipeline/internal/incident"
+	"github.com/incidentpipe/pipeline/internal/topology"
 	"github.com/incidentpipe/pipeline/internal/upstream"
 )
 
@@ -12,6 +14,7 @@ type metrics struct {
 	polls             *prometheus.CounterVec
 	lastSuccess       *prometheus.GaugeVec
 	invalidIdentities prometheus.Gauge
+	dlq               *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, types []incident.Type) *metrics {
@@ -34,6 +37,7 @@ func newMetrics(reg prometheus.Registerer, types []incident.Type) *metrics {
 		}),
 	}
 	reg.MustRegister(m.published, m.polls, m.lastSuccess, m.invalidIdentities)
+	m.dlq = dlq.NewCounter(reg, topology.StageProducers)
 	endpoints := []string{upstream.EndpointIdentities}
 	for _, t := range types {
 		m.published.WithLabelValues(string(t))

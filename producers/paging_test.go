@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/incidentpipe/pipeline/internal/embedded"
 	"github.com/incidentpipe/pipeline/internal/incident"
@@ -198,4 +199,80 @@ func pollPage(t *testing.T, page string, o embedded.Options, polls int) jetstrea
 		}
 	}
 	return js
+}
+
+// TestIncidentLargerThanMaxBodyCostsOnlyItself: one incident longer than
+// UPSTREAM_MAX_BODY inside page 2 of 3 is dead-lettered once (its
+// beginning, its size, the reason), across polls and a restart, and every
+// other incident of its page and of the pages after it is published.
+func TestIncidentLargerThanMaxBodyCostsOnlyItself(t *testing.T) {
+	const maxBody = 64 << 10
+	huge := `{"priority":"low","employee_id":99,"timestamp":99,"blob":"` + strings.Repeat("x", 4*maxBody) + `"}`
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		page, _ := strconv.Atoi(r.URL.Query().Get("page"))
+		page = max(page, 1)
+		var items []string
+		for i := range 10 {
+			n := (page-1)*10 + i
+			items = append(items, fmt.Sprintf(`{"priority":"low","employee_id":%d,"timestamp":%d}`, n, n))
+		}
+		if page == 2 {
+			items[4] = huge
+		}
+		next := "null"
+		if page < 3 {
+			next = fmt.Sprintf(`"http://%s/incidents/misuse/?page=%d"`, r.Host, page+1)
+		}
+		fmt.Fprintf(w, `{"next":%s,"results":[%s]}`, next, strings.Join(items, ","))
+	}))
+	t.Cleanup(hs.Close)
+	_, js := testkit.Connect(t, testkit.JetStream(t))
+	ctx := context.Background()
+	producers := func() (*Producers, prometheus.Gatherer) {
+		c, err := upstream.New(upstream.Options{BaseURL: hs.URL, MaxBody: maxBody})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := prometheus.NewRegistry()
+		p, err := New(Options{Upstream: c, JS: js, Types: []incident.Type{incident.Misuse}, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.loadSeen(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return p, reg
+	}
+	p, _ := producers()
+	for i := range 3 {
+		res, err := p.Poll(ctx, incident.Misuse)
+		if err != nil {
+			t.Fatalf("poll %d: %v", i, err)
+		}
+		if want := max(0, 1-i); res.Pages != 3 || res.TooLarge != want {
+			t.Fatalf("poll %d: %+v; want 3 pages, %d dead-lettered", i, res, want)
+		}
+	}
+	if got := testutil.ToFloat64(p.metrics.dlq.WithLabelValues(topology.StageProducers, "incident_too_large")); got != 1 {
+		t.Errorf("incidents_dlq_total{stage=producers,reason=incident_too_large} = %v, want 1", got)
+	}
+	again, _ := producers() // a restart knows it was dead-lettered
+	if res, err := again.Poll(ctx, incident.Misuse); err != nil || res.TooLarge != 0 {
+		t.Fatalf("after a restart: %+v, %v; want it not dead-lettered again", res, err)
+	}
+	if n := testkit.StreamMsgs(t, js, topology.StreamRaw); n != 29 {
+		t.Errorf("INCIDENTS_RAW holds %d, want the 29 others", n)
+	}
+	if n := testkit.StreamMsgs(t, js, topology.StreamDLQ); n != 1 {
+		t.Fatalf("INCIDENTS_DLQ holds %d, want the huge one once", n)
+	}
+	s, _ := js.Stream(ctx, topology.StreamDLQ)
+	m, err := s.GetLastMsgForSubject(ctx, topology.DLQSubject(topology.StageProducers, "misuse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get(topology.HeaderDLQReason) != "incident_too_large" || m.Header.Get(topology.HeaderDLQCut) != strconv.Itoa(len(huge)) ||
+		!strings.HasPrefix(huge, string(m.Data)) || len(m.Data) != incident.OversizeHead {
+		t.Errorf("letter: %d bytes, headers %v", len(m.Data), m.Header)
+	}
 }

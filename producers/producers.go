@@ -181,6 +181,9 @@ func (p *Producers) loadSeen(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("loading published ids of %s: %w", t, err)
 		}
+		if _, err := readLetterIDs(ctx, p.js, t, set.addID); err != nil {
+			return fmt.Errorf("loading dead-lettered ids of %s: %w", t, err)
+		}
 		p.mu.Lock()
 		p.seen[t] = set
 		p.mu.Unlock()
@@ -193,6 +196,7 @@ type PollResult struct {
 	Pages     int // complete pages read
 	Fetched   int // incidents the upstream returned on them
 	Published int // newly stored in INCIDENTS_RAW
+	TooLarge  int // newly dead-lettered as longer than UPSTREAM_MAX_BODY
 }
 
 // Poll reads the incidents of type t page by page and publishes, as soon as
@@ -216,7 +220,12 @@ func (p *Producers) Poll(ctx context.Context, t incident.Type) (PollResult, erro
 	resume, err := p.up.IncidentPages(ctx, t, from, seen.known, func(page upstream.Page) error {
 		res.Pages++
 		res.Fetched += page.Count
-		stored, err := publishRaw(ctx, p.js, t, seen.fresh(t, page.Items))
+		stored, err := p.publishRaw(ctx, t, seen.fresh(t, page.Items))
+		if err == nil {
+			var dead int
+			dead, err = p.deadLetterTooLarge(ctx, t, page, seen)
+			res.TooLarge += dead
+		}
 		n := 0
 		for _, r := range stored {
 			seen.add(r)

@@ -56,6 +56,14 @@ func (s *seenSet) addID(id string) {
 	s.mu.Unlock()
 }
 
+// hasID reports whether id was recorded.
+func (s *seenSet) hasID(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.ids[idKey(id)]
+	return ok
+}
+
 // add records a stored incident.
 func (s *seenSet) add(r storedIncident) {
 	s.mu.Lock()

@@ -33,9 +33,12 @@ func tool(t *testing.T, name string) string {
 	return path
 }
 
+// TestPromtoolChecksTheDeployFiles: the configuration and rules are valid,
+// and the rules' unit tests (rules_test.yml) pass: the stall alerts fire
+// within 60 s of a stall and stay silent through a 100k ingest.
 func TestPromtoolChecksTheDeployFiles(t *testing.T) {
 	promtool := tool(t, "promtool")
-	for _, args := range [][]string{{"check", "config", "prometheus.yml"}, {"check", "rules", "rules.yml"}} {
+	for _, args := range [][]string{{"check", "config", "prometheus.yml"}, {"check", "rules", "rules.yml"}, {"test", "rules", "rules_test.yml"}} {
 		out, err := exec.Command(promtool, args...).CombinedOutput()
 		if err != nil {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)

@@ -1,6 +1,7 @@
 package incident
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -269,6 +270,50 @@ func TestCanonicalNumber(t *testing.T) {
 	} {
 		if got := string(canonicalNumber([]byte(in))); got != want {
 			t.Errorf("canonicalNumber(%s) = %s, want %s", in, got, want)
+		}
+	}
+}
+
+// TestScanResultsReadsPastOversizeIncidents: an incident longer than the
+// window is read past, never held, and reported (place, size, beginning,
+// a sum that does not depend on its layout); the incidents around it are
+// kept. Anything else longer than the window fails the page.
+func TestScanResultsReadsPastOversizeIncidents(t *testing.T) {
+	const window = 4096
+	long := strings.Repeat(`x\"],{`, 2000)
+	big := `{"note": "` + long + `", "deep": [[{"a": "]"}], {}], "n": 1}`
+	tight := strings.NewReplacer(`"note": "`, `"note":"`, `, "deep": `, `,"deep":`, `{"a": "]"}`, `{"a":"]"}`, `, {}], "n": 1}`, `,{}],"n":1}`).Replace(big)
+	sum := func(page string) [32]byte {
+		t.Helper()
+		res, err := ScanResults(iotest.OneByteReader(strings.NewReader(page)), ScanOptions{MaxWindow: window})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Count != 3 || len(res.Items) != 2 || string(res.Items[0]) != `{"a":1}` || string(res.Items[1]) != `{"a":3}` || len(res.TooLarge) != 1 {
+			t.Fatalf("got %d of %d items, %d too large", len(res.Items), res.Count, len(res.TooLarge))
+		}
+		o := res.TooLarge[0]
+		elem := page[strings.Index(page, `{"note"`):strings.Index(page, `,{"a":3}`)] // white space after it counted
+		if o.Index != 1 || o.Size != int64(len(elem)) || string(o.Head) != elem[:min(len(elem), OversizeHead)] {
+			t.Fatalf("oversize %d: %d bytes (want %d), head %d bytes", o.Index, o.Size, len(elem), len(o.Head))
+		}
+		return o.Sum
+	}
+	loose := sum(`{"results":[{"a":1}, ` + big + ` ,{"a":3}],"next":null}`)
+	if want := sha256.Sum256([]byte(tight)); loose != want {
+		t.Errorf("the sum is not that of the incident without its white space")
+	}
+	if sum(`{"results":[{"a":1},`+tight+`,{"a":3}]}`) != loose {
+		t.Errorf("the same incident laid out otherwise has another sum")
+	}
+	var pe *PageError
+	for name, page := range map[string]string{
+		"long next":      `{"results":[],"next":"` + strings.Repeat("x", 2*window) + `"}`,
+		"cut off inside": `{"results":[{"a":1},` + big[:len(big)/2],
+		"} closes":       `{"results":[` + big + `}`,
+	} {
+		if _, err := ScanResults(strings.NewReader(page), ScanOptions{MaxWindow: window}); !errors.As(err, &pe) {
+			t.Errorf("%s: %v; want a PageError", name, err)
 		}
 	}
 }

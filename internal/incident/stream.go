@@ -2,9 +2,11 @@ package incident
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 )
 
@@ -19,8 +21,9 @@ type ScanOptions struct {
 	// window and the incidents it keeps) grows by n bytes; an error ends
 	// the scan with that error.
 	Hold func(n int64) error
-	// MaxWindow caps the read window (0: none): a body that can be no
-	// longer than its reader allows needs no more.
+	// MaxWindow caps the read window (0: none). An incident longer than it
+	// is not kept but read past and reported in Results.TooLarge, so that
+	// it costs itself only; any other value longer than it fails the page.
 	MaxWindow int
 }
 
@@ -29,6 +32,8 @@ type Results struct {
 	Items []json.RawMessage // the incidents kept, each a copy of its exact bytes
 	Count int               // every element of "results", kept or skipped
 	Next  string            // the "next" link ("" for none)
+	// TooLarge are the elements longer than ScanOptions.MaxWindow.
+	TooLarge []Oversize
 }
 
 // PageError is a page whose structure cannot be followed.
@@ -45,11 +50,17 @@ func (e *PageError) Error() string { return "decoding incidents page: " + e.msg 
 func ScanResults(r io.Reader, o ScanOptions) (Results, error) {
 	s := &pageScanner{r: r, hold: o.Hold, maxWindow: o.MaxWindow}
 	res, err := s.page(o.Skip)
+	if errors.Is(err, errTooLong) {
+		err = s.fail("a value outside \"results\" is longer than %d bytes", s.maxWindow)
+	}
 	if err != nil {
 		return Results{}, err
 	}
 	return res, nil
 }
+
+// errTooLong is a value longer than the read window.
+var errTooLong = errors.New("value longer than the read window")
 
 // DecodeResults splits a whole page held in memory: ScanResults over body,
 // keeping every element.
@@ -156,6 +167,9 @@ func (s *pageScanner) span(end func(b []byte) (int, error)) (int, error) {
 				return 0, s.fail("%v", err)
 			}
 			return n, nil
+		}
+		if s.maxWindow > 0 && len(s.buf)-s.pos >= s.maxWindow {
+			return 0, errTooLong
 		}
 		if err := s.more(); err != nil {
 			return 0, err
@@ -279,8 +293,18 @@ func (s *pageScanner) results(res *Results, skip func(int, []byte) bool) error {
 		return nil
 	}
 	for {
+		if _, _, err := s.peek(); err != nil {
+			return err
+		}
 		end, err := s.span(func(b []byte) (int, error) { return spanEnd(b, 0) })
-		if err != nil {
+		if errors.Is(err, errTooLong) {
+			res.Count++
+			o, err := s.readPast(res.Count - 1)
+			if err != nil {
+				return err
+			}
+			res.TooLarge = append(res.TooLarge, o)
+		} else if err != nil {
 			return err
 		}
 		if elem := trimSpace(s.buf[s.pos : s.pos+end]); len(elem) > 0 {
@@ -305,4 +329,125 @@ func (s *pageScanner) results(res *Results, skip func(int, []byte) bool) error {
 			return s.fail("'}' closes the results array at byte %d", s.offset(0))
 		}
 	}
+}
+
+// Oversize is an element of a page's "results" longer than the scan's
+// window: read past rather than kept, and reported, so that it costs
+// itself only and not the rest of its page.
+type Oversize struct {
+	Index int      // its place among the page's elements
+	Size  int64    // its length in bytes
+	Head  []byte   // its first bytes, at most OversizeHead
+	Sum   [32]byte // SHA-256 of its bytes, white space between tokens left out
+}
+
+// OversizeHead is how much of an Oversize element is kept.
+const OversizeHead = 64 << 10
+
+// readPast reads the element at buf[pos] to its end, never holding more
+// than the window: its brackets are counted and its strings followed, not
+// validated. It stops at the ',' or ']' after it.
+func (s *pageScanner) readPast(index int) (Oversize, error) {
+	o := Oversize{Index: index}
+	h := sha256.New()
+	var st skipState
+	for {
+		chunk := s.buf[s.pos:]
+		end, err := st.scan(chunk)
+		if err != nil {
+			return o, s.fail("%v at byte %d", err, s.offset(0))
+		}
+		done := end >= 0
+		if !done {
+			end = len(chunk)
+		}
+		part := chunk[:end]
+		if room := OversizeHead - len(o.Head); room > 0 {
+			o.Head = append(o.Head, part[:min(room, len(part))]...)
+		}
+		st.hash(h, part)
+		o.Size += int64(len(part))
+		s.pos += end
+		if done {
+			h.Sum(o.Sum[:0])
+			return o, nil
+		}
+		if s.eof {
+			return o, s.fail("cut off: the page ends inside an incident of %d bytes", o.Size)
+		}
+		if err := s.more(); err != nil {
+			return o, err
+		}
+	}
+}
+
+// skipState follows a value across the chunks it arrives in.
+type skipState struct {
+	depth   int
+	inStr   bool
+	escaped bool
+	// the string state as hash last left it, one chunk behind scan's
+	hashInStr, hashEscaped bool
+}
+
+// scan returns the index in b of the ',' or ']' that ends the value, or -1
+// when b ends first; the state carries over to the next chunk.
+func (st *skipState) scan(b []byte) (int, error) {
+	for i, c := range b {
+		if st.inStr {
+			switch {
+			case st.escaped:
+				st.escaped = false
+			case c == '\\':
+				st.escaped = true
+			case c == '"':
+				st.inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			st.inStr = true
+		case '{', '[':
+			st.depth++
+		case '}', ']':
+			if st.depth == 0 {
+				if c == '}' {
+					return 0, errors.New("'}' closes the results array")
+				}
+				return i, nil
+			}
+			st.depth--
+		case ',':
+			if st.depth == 0 {
+				return i, nil
+			}
+		}
+	}
+	return -1, nil
+}
+
+// hash writes part to h without the white space outside strings, so that
+// the sum of an element does not depend on how it is laid out. It runs
+// over part again, as scan just did, from the state before it.
+func (st *skipState) hash(h hash.Hash, part []byte) {
+	in, esc := st.hashInStr, st.hashEscaped
+	run := 0 // part[run:i] is written once white space or the end comes
+	for i, c := range part {
+		switch {
+		case in && esc:
+			esc = false
+		case in && c == '\\':
+			esc = true
+		case in && c == '"':
+			in = false
+		case !in && c == '"':
+			in = true
+		case !in && (c == ' ' || c == '\t' || c == '\n' || c == '\r'):
+			h.Write(part[run:i])
+			run = i + 1
+		}
+	}
+	h.Write(part[run:])
+	st.hashInStr, st.hashEscaped = in, esc
 }

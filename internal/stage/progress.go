@@ -65,7 +65,16 @@ func NewProgress(stage string, reg prometheus.Registerer, log *slog.Logger) *Pro
 		lastLogged: map[string]time.Time{},
 		suppressed: map[string]int{},
 	}
-	reg.MustRegister(p.stalled, p.failures)
+	progressed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "incidents_stage_last_progress_timestamp_seconds",
+		Help:        "When the stage last made progress (handled a batch, or published a poll's page); with its consumer's lag, the stall alert.",
+		ConstLabels: prometheus.Labels{"stage": stage},
+	}, func() float64 {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return float64(p.progressed.UnixNano()) / 1e9
+	})
+	reg.MustRegister(p.stalled, p.failures, progressed)
 	for _, k := range []string{KindInfrastructure, KindMessage, KindPanic} {
 		p.failures.WithLabelValues(k)
 	}

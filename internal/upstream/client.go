@@ -32,7 +32,10 @@ type Options struct {
 	Password string
 	// Timeout of one HTTP request (default 30s).
 	Timeout time.Duration
-	// MaxBody is the largest response body read, in bytes (default 64 MiB).
+	// MaxBody is the largest incident, and the largest identities body,
+	// read, in bytes (default 64 MiB). A page is read as it streams and may
+	// be longer; an incident longer than MaxBody is reported in
+	// Page.TooLarge, not kept.
 	MaxBody int64
 	// Retry bounds the attempts of one request.
 	Retry RetryPolicy
@@ -141,6 +144,9 @@ type Page struct {
 	Items []json.RawMessage
 	// Count is every incident of the page, Items and those known skipped.
 	Count int
+	// TooLarge are the page's incidents longer than MaxBody: read past,
+	// not kept, each to be dead-lettered alone.
+	TooLarge []incident.Oversize
 }
 
 // counting counts the bytes read through it.
@@ -220,19 +226,22 @@ func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start strin
 			return "", fmt.Errorf("fetching %s: next page link leaves the upstream host", endpoint)
 		}
 		var link string
-		err = c.do(ctx, endpoint, u.String(), func(b body) error {
+		// A page is read as it streams, so it may be longer than MaxBody
+		// (what the poll has left of its byte limit); an incident longer
+		// than MaxBody is read past and reported, costing itself only.
+		err = c.do(ctx, endpoint, u.String(), max(c.maxBody, c.limits.MaxBytes-read), func(b body) error {
 			counted := &counting{r: b}
 			var skip func(int, []byte) bool
 			if known != nil {
 				skip = func(i int, raw []byte) bool { return known(page, i, raw) }
 			}
-			res, err := incident.ScanResults(counted, incident.ScanOptions{Skip: skip, Hold: b.hold, MaxWindow: int(b.limit) + 1})
+			res, err := incident.ScanResults(counted, incident.ScanOptions{Skip: skip, Hold: b.hold, MaxWindow: int(c.maxBody)})
 			if err != nil {
 				return err
 			}
 			link = res.Next
 			read += counted.n
-			if err := fn(Page{Number: page, Items: res.Items, Count: res.Count}); err != nil {
+			if err := fn(Page{Number: page, Items: res.Items, Count: res.Count, TooLarge: res.TooLarge}); err != nil {
 				return fmt.Errorf("%w: %w", errHandler, err)
 			}
 			return nil
@@ -253,10 +262,14 @@ func (c *Client) IncidentPages(ctx context.Context, t incident.Type, start strin
 }
 
 // Incidents returns every incident of type t (at most Limits' worth),
-// following "next" links: all of them, or an error.
+// following "next" links: all of them, or an error (ErrTooLarge when one
+// is longer than MaxBody).
 func (c *Client) Incidents(ctx context.Context, t incident.Type) ([]json.RawMessage, error) {
 	var all []json.RawMessage
 	_, err := c.IncidentPages(ctx, t, "", nil, func(p Page) error {
+		if len(p.TooLarge) > 0 {
+			return fmt.Errorf("%w: incident %d of page %d is %d bytes", ErrTooLarge, p.TooLarge[0].Index, p.Number, p.TooLarge[0].Size)
+		}
 		all = append(all, p.Items...)
 		return nil
 	})
@@ -269,7 +282,7 @@ func (c *Client) Incidents(ctx context.Context, t incident.Type) ([]json.RawMess
 // Identities returns the upstream's IP → employee id map, values as raw JSON.
 func (c *Client) Identities(ctx context.Context) (map[string]json.RawMessage, error) {
 	var m map[string]json.RawMessage
-	err := c.do(ctx, EndpointIdentities, c.base.JoinPath("identities").String()+"/", whole(func(body []byte) error {
+	err := c.do(ctx, EndpointIdentities, c.base.JoinPath("identities").String()+"/", c.maxBody, whole(func(body []byte) error {
 		m = nil
 		if err := json.Unmarshal(body, &m); err != nil {
 			return fmt.Errorf("decoding identities: %w", err)

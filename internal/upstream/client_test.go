@@ -81,7 +81,7 @@ func TestErrorsAreNeverPartialData(t *testing.T) {
 		{"unauthorized", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusUnauthorized) }, ErrUnauthorized},
 		{"forbidden", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusForbidden) }, ErrUnauthorized},
 		{"too large", func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprint(w, `{"results":[`+strings.Repeat(`{"a":1},`, 500)+`{"a":1}]}`)
+			fmt.Fprint(w, `{"results":[{"a":1},{"a":"`+strings.Repeat("x", 3000)+`"},{"a":1}]}`)
 		}, ErrTooLarge},
 		{"second page fails", func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Query().Get("page") == "" {

@@ -103,11 +103,11 @@ type body struct {
 // do GETs url, retrying transient failures, and hands the body to handle;
 // an error reading or decoding it is retried too (a cut-off body decodes
 // badly).
-func (c *Client) do(ctx context.Context, endpoint, url string, handle func(body) error) error {
+func (c *Client) do(ctx context.Context, endpoint, url string, limit int64, handle func(body) error) error {
 	start := time.Now()
 	var err error
 	for attempt := 1; ; attempt++ {
-		err = c.once(ctx, endpoint, url, handle)
+		err = c.once(ctx, endpoint, url, limit, handle)
 		if err == nil {
 			return nil
 		}
@@ -141,7 +141,7 @@ func (c *Client) do(ctx context.Context, endpoint, url string, handle func(body)
 }
 
 // once makes one attempt.
-func (c *Client) once(ctx context.Context, endpoint, url string, handle func(body) error) (err error) {
+func (c *Client) once(ctx context.Context, endpoint, url string, limit int64, handle func(body) error) (err error) {
 	start := time.Now()
 	defer func() { c.metrics.observe(endpoint, outcome(err), time.Since(start)) }()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -173,12 +173,12 @@ func (c *Client) once(ctx context.Context, endpoint, url string, handle func(bod
 		}
 		return permanent{se}
 	}
-	if resp.ContentLength > c.maxBody {
+	if resp.ContentLength > limit {
 		return permanent{ErrTooLarge}
 	}
 	var held int64
 	defer func() { c.inFlight.Release(held) }()
-	b := body{Reader: &capped{r: resp.Body, left: c.maxBody}, limit: c.maxBody, hold: func(n int64) error {
+	b := body{Reader: &capped{r: resp.Body, left: limit}, limit: limit, hold: func(n int64) error {
 		if !c.inFlight.TryAcquire(n) {
 			return ErrBusy
 		}
