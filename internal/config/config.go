@@ -181,7 +181,7 @@ func settings() []setting {
 		{"UPSTREAM_USER", "", "upstream basic-auth user (or UPSTREAM_USER_FILE)", str(func(c *Config) *string { return &c.UpstreamUser })},
 		{"UPSTREAM_PASSWORD", "", "upstream basic-auth password (or UPSTREAM_PASSWORD_FILE)", func(c *Config, v string) error { c.UpstreamPassword = Secret(v); return nil }},
 		{"UPSTREAM_TIMEOUT", "30s", "timeout of one upstream request", dur(func(c *Config) *time.Duration { return &c.UpstreamTimeout })},
-		{"UPSTREAM_MAX_BODY", "67108864", "largest upstream response body accepted, in bytes", atLeast(1024, func(c *Config) *int64 { return &c.UpstreamMaxBody })},
+		{"UPSTREAM_MAX_BODY", "67108864", "largest upstream incident (and identities answer) read, in bytes; a longer incident is dead-lettered", atLeast(1024, func(c *Config) *int64 { return &c.UpstreamMaxBody })},
 		{"UPSTREAM_MAX_IN_FLIGHT", "268435456", "response bytes all upstream requests may hold at once (at least UPSTREAM_MAX_BODY)", atLeast(1<<20, func(c *Config) *int64 { return &c.UpstreamMaxInFlight })},
 		{"POLL_MAX_PAGES", "10000", "pages one poll of a type reads at most; the next poll goes on from there", func(c *Config, v string) error {
 			n, err := strconv.Atoi(v)
