@@ -61,6 +61,11 @@ type Options struct {
 	// DefaultMaxStreamLifetime); the browser reconnects with Last-Event-ID
 	// and misses nothing.
 	EventsMaxLifetime time.Duration
+
+	// Stuck, when set, names the upstream endpoints whose polls cannot
+	// advance and why (the standalone passes its producers'); /status
+	// shows them.
+	Stuck func() map[string]string
 }
 
 // DefaultMaxStreamLifetime is how long an /events stream lasts at most by
@@ -90,6 +95,7 @@ type API struct {
 
 	streams        *streamLimits
 	streamLifetime time.Duration
+	stuck          func() map[string]string
 	stopping       chan struct{} // closed when Run's context ends: streams close
 	stopOnce       sync.Once
 	metrics        *metrics
@@ -114,6 +120,7 @@ func New(o Options) (*API, error) {
 	a := &API{js: o.JS, log: log, store: newStore(log, m), metrics: m, stopping: make(chan struct{})}
 	a.streams = newStreamLimits(cmp.Or(o.EventsMaxPerClient, DefaultMaxStreamsPerClient), cmp.Or(o.EventsMaxStreams, DefaultMaxStreams()))
 	a.streamLifetime = cmp.Or(o.EventsMaxLifetime, DefaultMaxStreamLifetime)
+	a.stuck = o.Stuck
 	m.eventStreams = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "incidents_api_event_streams",
 		Help: "Open /events streams.",

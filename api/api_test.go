@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -391,5 +392,24 @@ func TestServiceUnavailableWhileLoading(t *testing.T) {
 		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 			t.Errorf("%s before loading: %d %s (Retry-After %q), want 503", path, resp.StatusCode, b, resp.Header.Get("Retry-After"))
 		}
+	}
+}
+
+// TestStatusNamesStuckEndpoints: /status names the upstream endpoints that
+// cannot advance, and why, when the API is told of them (the standalone),
+// and says nothing of them otherwise.
+func TestStatusNamesStuckEndpoints(t *testing.T) {
+	stuck := map[string]string{"incidents/misuse": "3 polls failed in a row since 2026-12-03T07:00:00Z: page 2 cut off"}
+	hs, _, _ := serveAPI(t, Options{Stuck: func() map[string]string { return stuck }})
+	resp, b := do(t, http.MethodGet, hs.URL+"/status", "")
+	var st struct {
+		Stuck map[string]string `json:"stuck"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil || resp.StatusCode != http.StatusOK || st.Stuck["incidents/misuse"] != stuck["incidents/misuse"] {
+		t.Fatalf("/status %d %s (%v); want it to name incidents/misuse", resp.StatusCode, b, err)
+	}
+	hs, _, _ = serveAPI(t, Options{})
+	if _, b := do(t, http.MethodGet, hs.URL+"/status", ""); strings.Contains(string(b), "stuck") {
+		t.Errorf("/status without producers: %s", b)
 	}
 }

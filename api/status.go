@@ -22,6 +22,9 @@ type pipelineStatus struct {
 	Lag          map[string]int64 `json:"lag"` // per stage; -1 when unknown
 	DeadLetters  int64            `json:"dead_letters"`
 	Checked      string           `json:"checked,omitempty"` // when lag and DLQ were read
+	// Stuck names the upstream endpoints whose polls cannot advance, and
+	// why; only where the producers run in the API's process.
+	Stuck map[string]string `json:"stuck,omitempty"`
 }
 
 // statusEvery is how often the pipeline's health is read from NATS.
@@ -78,6 +81,9 @@ func (a *API) status(w http.ResponseWriter, r *http.Request) {
 	out.Unattributed = snap.unattributedCount
 	if st := a.nats.Load(); st != nil {
 		out.Lag, out.DeadLetters, out.Checked = st.lag, st.dlq, st.checked.UTC().Format(time.RFC3339)
+	}
+	if a.stuck != nil {
+		out.Stuck = a.stuck()
 	}
 	b, _ := json.Marshal(out)
 	serve(w, r, newBody(b))

@@ -15,6 +15,7 @@ type metrics struct {
 	lastSuccess       *prometheus.GaugeVec
 	invalidIdentities prometheus.Gauge
 	dlq               *prometheus.CounterVec
+	failing           *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, types []incident.Type) *metrics {
@@ -31,12 +32,16 @@ func newMetrics(reg prometheus.Registerer, types []incident.Type) *metrics {
 			Name: "incidents_poll_last_success_timestamp_seconds",
 			Help: "When each upstream endpoint was last polled successfully (the process start until the first success).",
 		}, []string{"endpoint"}),
+		failing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "incidents_poll_consecutive_failures",
+			Help: "Polls of an upstream endpoint failed in a row (0 after a success); at 3 the endpoint cannot advance.",
+		}, []string{"endpoint"}),
 		invalidIdentities: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "incidents_identities_invalid",
 			Help: "Identities of the last sync skipped for an invalid IP or employee id.",
 		}),
 	}
-	reg.MustRegister(m.published, m.polls, m.lastSuccess, m.invalidIdentities)
+	reg.MustRegister(m.published, m.polls, m.lastSuccess, m.invalidIdentities, m.failing)
 	m.dlq = dlq.NewCounter(reg, topology.StageProducers)
 	endpoints := []string{upstream.EndpointIdentities}
 	for _, t := range types {
@@ -47,6 +52,7 @@ func newMetrics(reg prometheus.Registerer, types []incident.Type) *metrics {
 		m.polls.WithLabelValues(e, "ok")
 		m.polls.WithLabelValues(e, "error")
 		m.lastSuccess.WithLabelValues(e).SetToCurrentTime()
+		m.failing.WithLabelValues(e)
 	}
 	return m
 }

@@ -56,6 +56,7 @@ type Producers struct {
 	progress *stage.Progress
 
 	mu     sync.Mutex
+	polls  map[string]pollState       // by endpoint, once polled
 	seen   map[incident.Type]*seenSet // what is known to be in INCIDENTS_RAW
 	resume map[incident.Type]string   // where a type's next poll starts ("" the first page)
 }
@@ -86,6 +87,7 @@ func New(o Options) (*Producers, error) {
 		metrics:  newMetrics(o.Registerer, o.Types),
 		progress: stage.NewProgress(topology.StageProducers, o.Registerer, o.Logger),
 		seen:     map[incident.Type]*seenSet{},
+		polls:    map[string]pollState{},
 		resume:   map[incident.Type]string{},
 	}, nil
 }
@@ -136,6 +138,9 @@ func (p *Producers) every(ctx context.Context, endpoint string, f func(context.C
 	var logged time.Time
 	for ctx.Err() == nil {
 		err := f(ctx)
+		if ctx.Err() == nil {
+			p.polled(endpoint, err)
+		}
 		switch {
 		case err == nil:
 			if failing > 0 {

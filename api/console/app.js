@@ -220,7 +220,8 @@ async function health() {
     const st = await (await api('/status')).json();
     const lag = Object.entries(st.lag).map(([k, v]) => k + ' ' + (v < 0 ? '?' : v)).join(', ');
     $('health-text').textContent = 'updated ' + (st.updated || '—') + ' · lag ' + lag +
-      ' · dead letters ' + (st.dead_letters < 0 ? '?' : st.dead_letters) + ' · view ' + st.version;
+      ' · dead letters ' + (st.dead_letters < 0 ? '?' : st.dead_letters) + ' · view ' + st.version +
+      Object.keys(st.stuck || {}).map((e) => ' · ' + e + ' cannot advance').join('');
   } catch (e) { /* the next tick tries again */ }
 }
 

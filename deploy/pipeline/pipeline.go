@@ -119,12 +119,14 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 		return err
 	}
 	health.Add("producers", prod.Ready)
+	health.AddAdvisory("upstream", prod.Advancing)
 	health.Add("enricher", enr.Ready)
 	health.Add("projector", proj.Ready)
 	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"],
 		TokensFile: cfg.APITokensFile, MetricsAuth: cfg.MetricsAuth, RateLimit: cfg.APIRateLimit,
 		RiskHalfLife:     cfg.RiskHalfLife,
-		EventsMaxStreams: cfg.EventsMaxStreams, EventsMaxPerClient: cfg.EventsMaxPerClient, EventsMaxLifetime: cfg.EventsMaxLifetime})
+		EventsMaxStreams: cfg.EventsMaxStreams, EventsMaxPerClient: cfg.EventsMaxPerClient, EventsMaxLifetime: cfg.EventsMaxLifetime,
+		Stuck: prod.Stuck})
 	if err != nil {
 		return err
 	}

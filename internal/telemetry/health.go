@@ -19,21 +19,32 @@ type Health struct {
 }
 
 type namedCheck struct {
-	name  string
-	check Check
+	name     string
+	check    Check
+	advisory bool
 }
 
 // Add registers a readiness check.
 func (h *Health) Add(name string, c Check) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.checks = append(h.checks, namedCheck{name, c})
+	h.checks = append(h.checks, namedCheck{name: name, check: c})
+}
+
+// AddAdvisory registers a check that /readyz reports ("<name>: degraded:
+// <why>") without failing readiness: something an operator must see that
+// restarting or routing around the process would not fix (an upstream
+// type that cannot advance).
+func (h *Health) AddAdvisory(name string, c Check) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.checks = append(h.checks, namedCheck{name: name, check: c, advisory: true})
 }
 
 // Ready runs every check and returns the first failure.
 func (h *Health) Ready(ctx context.Context) error {
 	for _, r := range h.Report(ctx) {
-		if r.Err != nil {
+		if r.Err != nil && !r.Advisory {
 			return fmt.Errorf("%s: %w", r.Name, r.Err)
 		}
 	}
@@ -42,8 +53,9 @@ func (h *Health) Ready(ctx context.Context) error {
 
 // Result is one check's outcome.
 type Result struct {
-	Name string
-	Err  error
+	Name     string
+	Err      error
+	Advisory bool // Err does not fail readiness
 }
 
 // Report runs every check, in the order added, within 2 s in all.
@@ -55,7 +67,7 @@ func (h *Health) Report(ctx context.Context) []Result {
 	defer cancel()
 	out := make([]Result, len(checks))
 	for i, c := range checks {
-		out[i] = Result{c.name, c.check(ctx)}
+		out[i] = Result{Name: c.name, Err: c.check(ctx), Advisory: c.advisory}
 	}
 	return out
 }
@@ -75,7 +87,7 @@ func (h *Health) Readiness(w http.ResponseWriter, r *http.Request) {
 	results := h.Report(r.Context())
 	var first *Result
 	for i := range results {
-		if results[i].Err != nil && first == nil {
+		if results[i].Err != nil && !results[i].Advisory && first == nil {
 			first = &results[i]
 		}
 	}
@@ -86,7 +98,9 @@ func (h *Health) Readiness(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ready")
 	}
 	for _, res := range results {
-		if res.Err != nil {
+		if res.Err != nil && res.Advisory {
+			fmt.Fprintf(w, "%s: degraded: %v\n", res.Name, res.Err)
+		} else if res.Err != nil {
 			fmt.Fprintf(w, "%s: %v\n", res.Name, res.Err)
 		} else {
 			fmt.Fprintf(w, "%s: ok\n", res.Name)

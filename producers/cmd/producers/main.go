@@ -35,6 +35,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		return err
 	}
 	health.Add("producers", p.Ready)
+	health.AddAdvisory("upstream", p.Advancing)
 	return app.RunAll(ctx,
 		app.Task{Name: "producers", Run: p.Run},
 		app.HTTPServer(cfg.MetricsAddr, app.OpsHandler(reg, health), log),
