@@ -129,7 +129,7 @@ func New(o Options) (*API, error) {
 	a.store.halfLife = o.RiskHalfLife
 	a.filters = newFilterCache(filterCacheBytes, a.store.snap.Load)
 	a.hub = newHub(eventsKept, eventsBuffered)
-	a.store.onLoad, a.store.onChange = a.hub.start, a.hub.publish
+	a.store.onLoad, a.store.onChange, a.store.onReplace = a.hub.start, a.hub.publish, a.hub.replace
 	if o.TokensFile != "" {
 		t, err := loadTokens(o.TokensFile, log)
 		if err != nil {

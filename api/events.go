@@ -20,6 +20,9 @@ type change struct {
 	Employees    []string `json:"employees"`
 	More         bool     `json:"more,omitempty"` // more employees changed than listed
 	Unattributed bool     `json:"unattributed,omitempty"`
+	// Reset: the view was replaced (its versions start again); a client
+	// reloads everything.
+	Reset bool `json:"-"`
 }
 
 // maxListed bounds the employees an event names.
@@ -66,6 +69,23 @@ func (h *hub) publish(c change) {
 		h.base = h.kept[len(h.kept)-h.keep-1].Version
 		h.kept = append(h.kept[:0], h.kept[len(h.kept)-h.keep:]...)
 	}
+	for l := range h.clients {
+		select {
+		case l.ch <- c:
+		default:
+			close(l.dropped)
+			delete(h.clients, l)
+		}
+	}
+}
+
+// replace starts the changes again at version, the first of a replaced
+// view, and sends every client a reset.
+func (h *hub) replace(version uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.base, h.started, h.kept = version, true, nil
+	c := change{Version: version, VersionText: strconv.FormatUint(version, 10), Reset: true}
 	for l := range h.clients {
 		select {
 		case l.ch <- c:
@@ -164,6 +184,9 @@ func (a *API) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeChange := func(c change) bool {
+		if c.Reset {
+			return send("event: reset\nid: %d\ndata: {\"version\":\"%d\"}\n\n", c.Version, c.Version)
+		}
 		b, _ := json.Marshal(c)
 		return send("event: change\nid: %d\ndata: %s\n\n", c.Version, b)
 	}

@@ -208,6 +208,12 @@ type store struct {
 	// marker's lease, plus rebuildGrace.
 	frozenUntil  time.Time
 	rebuildGrace time.Duration
+	// watched is the creation time of the bucket whose view is served;
+	// replacing is set while a new bucket fills (replace.go), and replaced
+	// when its view is first served.
+	watched, projectorMissing time.Time
+	replacing, replaced       bool
+	onReplace                 func(version uint64)
 	// Which part changed since the last snapshot: the other is reused.
 	employeesDirty, unattributedDirty bool
 	boot                              string
@@ -240,12 +246,19 @@ func (s *store) reset() {
 // run watches the view until ctx ends, starting over if the watch breaks
 // (for instance when an operator deletes and recreates the bucket).
 func (s *store) run(ctx context.Context, js jetstream.JetStream) {
+	var logged string
+	var loggedAt time.Time
 	for ctx.Err() == nil {
 		err := s.watch(ctx, js)
 		if ctx.Err() != nil {
 			return
 		}
-		s.log.Warn("watching the view failed; starting over", "error", err)
+		// Once per kind of failure, then once a minute: a bucket deleted
+		// for a while is not a line a second.
+		if err.Error() != logged || time.Since(loggedAt) >= time.Minute {
+			s.log.Warn("watching the view failed; starting over", "error", err)
+			logged, loggedAt = err.Error(), time.Now()
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
@@ -258,12 +271,20 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
 	}
+	created, err := bucketCreated(ctx, js)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
+	}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", topology.BucketView, err)
 	}
 	defer w.Stop()
 	s.reset()
+	if !s.watched.IsZero() && !created.Equal(s.watched) && !s.replacing {
+		s.replacing, s.revision, s.projectorMissing = true, 0, time.Time{}
+		s.log.Info("the view's bucket was replaced; serving the last view until the projector has replayed the new one")
+	}
 	initial := true
 	var last time.Time
 	tick := time.NewTicker(time.Second)
@@ -282,6 +303,16 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 			if js.Conn().Stats().Reconnects != reconnects {
 				return errors.New("the NATS connection reconnected: watching the view again")
 			}
+			if err := checkBucket(ctx, js, created); err != nil {
+				return err
+			}
+			if s.replacing && !initial {
+				if done, err := s.caughtUp(ctx, js); err != nil {
+					s.log.Warn("cannot tell whether the replaced view is complete", "error", err)
+				} else if done {
+					s.adopt(created)
+				}
+			}
 			if s.halfLife > 0 && time.Since(s.decayedAt) >= decayEvery {
 				s.employeesDirty = true // scores decay with time, not only with changes
 			}
@@ -296,6 +327,9 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 		}
 		if e == nil {
 			initial = false
+			if !s.replacing {
+				s.watched = created
+			}
 			s.rebuild()
 			s.loaded.Store(true)
 			if s.onLoad != nil {
@@ -432,7 +466,7 @@ func (s *store) apply(e jetstream.KeyValueEntry) {
 // only when none does within the grace is the view served as it is.
 const rebuildGrace = 30 * time.Second
 
-func (s *store) frozen() bool { return time.Now().Before(s.frozenUntil) }
+func (s *store) frozen() bool { return s.replacing || time.Now().Before(s.frozenUntil) }
 
 // rebuild prepares a new snapshot from the current documents, unless a
 // view rebuild is in progress. Only the part that changed is prepared again.
@@ -468,7 +502,13 @@ func (s *store) rebuild() {
 	changedVersion := next.version != prev.version
 	s.snap.Store(&next)
 	s.remember(&next)
-	if s.onChange != nil && s.loaded.Load() && changedVersion {
+	switch {
+	case s.replaced:
+		s.replaced = false
+		if s.onReplace != nil {
+			s.onReplace(next.version)
+		}
+	case s.onChange != nil && s.loaded.Load() && changedVersion:
 		s.onChange(c)
 	}
 	s.lastRebuild = time.Since(start)
