@@ -49,6 +49,10 @@ type Options struct {
 	// RiskHalfLife, when positive, halves an incident's risk score per
 	// half-life of its age (measured from now); zero: no decay.
 	RiskHalfLife time.Duration
+	// RiskCursorBytes bounds the memory of the rankings kept for open
+	// /risk cursors (0: DefaultCursorBudget); each stays valid CursorTTL
+	// after its last page unless the budget forces it out first.
+	RiskCursorBytes int64
 
 	// EventsMaxStreams bounds the /events streams open at once (0:
 	// DefaultMaxStreams); past it a new one is answered 503.
@@ -127,6 +131,7 @@ func New(o Options) (*API, error) {
 	}, func() float64 { return float64(a.streams.openStreams()) })
 	o.Registerer.MustRegister(m.eventStreams)
 	a.store.halfLife = o.RiskHalfLife
+	a.store.cursors = newCursorRankings(CursorTTL, cmp.Or(o.RiskCursorBytes, DefaultCursorBudget), o.Registerer)
 	a.filters = newFilterCache(filterCacheBytes, a.store.snap.Load)
 	a.hub = newHub(eventsKept, eventsBuffered)
 	a.store.onLoad, a.store.onChange, a.store.onReplace = a.hub.start, a.hub.publish, a.hub.replace

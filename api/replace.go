@@ -85,9 +85,9 @@ func (s *store) caughtUp(ctx context.Context, js jetstream.JetStream) (bool, err
 // versions mean nothing now) and open /events streams are sent `reset`.
 func (s *store) adopt(created time.Time) {
 	s.replacing, s.watched = false, created
-	s.recentMu.Lock()
-	s.recent = nil
-	s.recentMu.Unlock()
+	if s.cursors != nil {
+		s.cursors.clear()
+	}
 	s.employeesDirty, s.unattributedDirty, s.rerankAll = true, true, true
 	s.replaced = true
 	s.rebuild()

@@ -29,15 +29,15 @@ type riskEntry struct {
 }
 
 // riskCursor is where a page of the ranking ends: the last employee's
-// (score, id) in the ranking of one view version.
+// (score, id) in one ranking.
 type riskCursor struct {
-	version  uint64
+	ranking  rankingID
 	score    float64
 	employee string
 }
 
 func (c riskCursor) String() string {
-	return strconv.FormatUint(c.version, 10) + "_" + strconv.FormatFloat(c.score, 'g', -1, 64) + "_" + c.employee
+	return c.ranking.String() + "_" + strconv.FormatFloat(c.score, 'g', -1, 64) + "_" + c.employee
 }
 
 var errBadRiskCursor = errors.New("cursor: not a cursor this API gave")
@@ -47,13 +47,13 @@ func parseRiskCursor(s string) (riskCursor, error) {
 	if len(parts) != 3 {
 		return riskCursor{}, errBadRiskCursor
 	}
-	v, err1 := strconv.ParseUint(parts[0], 10, 64)
+	id, ok := parseRankingID(parts[0])
 	sc, err2 := strconv.ParseFloat(parts[1], 64)
 	emp, err3 := incident.ParseEmployeeID(parts[2])
-	if err1 != nil || err2 != nil || err3 != nil || math.IsNaN(sc) || math.IsInf(sc, 0) {
+	if !ok || err2 != nil || err3 != nil || math.IsNaN(sc) || math.IsInf(sc, 0) {
 		return riskCursor{}, errBadRiskCursor
 	}
-	return riskCursor{version: v, score: sc, employee: emp}, nil
+	return riskCursor{ranking: id, score: sc, employee: emp}, nil
 }
 
 // riskRanking answers GET /risk: employees ranked by risk score, highest
@@ -68,7 +68,7 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 	}
 	limit := 100
 	snap := a.store.snap.Load()
-	version, ranked := snap.version, snap.ranking
+	id, ranked := snap.rankingID, snap.ranking
 	start := 0
 	for key, values := range q {
 		if len(values) != 1 {
@@ -89,12 +89,14 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 				writeError(w, http.StatusBadRequest, err.Error())
 				return
 			}
-			var kept bool
-			if ranked, kept = a.store.at(c.version); !kept {
-				writeError(w, http.StatusGone, "the ranking this cursor belongs to has moved on; start again without a cursor")
-				return
+			if c.ranking != snap.rankingID {
+				var kept bool
+				if ranked, kept = a.store.cursors.get(c.ranking); !kept {
+					writeError(w, http.StatusGone, "the ranking this cursor belongs to is no longer kept (10 minutes after its last page, or past the memory budget); start again without a cursor")
+					return
+				}
 			}
-			version = c.version
+			id = c.ranking
 			start, _ = slices.BinarySearchFunc(ranked, risk.Ranked{Employee: c.employee, Score: c.score}, risk.Compare)
 			if start < len(ranked) && ranked[start].Employee == c.employee {
 				start++
@@ -105,7 +107,7 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	end := min(start+limit, len(ranked))
-	page := riskPage{Version: strconv.FormatUint(version, 10), Employees: make([]riskEntry, 0, end-start)}
+	page := riskPage{Version: id.String(), Employees: make([]riskEntry, 0, end-start)}
 	for _, rk := range ranked[start:end] {
 		counts := make(map[string]int, 4)
 		for i, p := range incident.Priorities() {
@@ -116,7 +118,8 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 	}
 	if end < len(ranked) {
 		last := ranked[end-1]
-		next := riskCursor{version: version, score: last.Score, employee: last.Employee}.String()
+		a.store.cursors.pin(id, ranked)
+		next := riskCursor{ranking: id, score: last.Score, employee: last.Employee}.String()
 		w.Header().Set("X-Next-Cursor", next)
 		w.Header().Set("Link", "<"+r.URL.Path+"?"+url.Values{"cursor": {next}, "limit": {strconv.Itoa(limit)}}.Encode()+`>; rel="next"`)
 	}

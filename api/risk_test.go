@@ -4,21 +4,25 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/incidentpipe/pipeline/internal/risk"
 	"github.com/incidentpipe/pipeline/internal/testkit"
 )
 
 // docOf is an employee document with n incidents of each priority.
-func docOf(emp int, n [4]int) string {
+func docOf(emp int, n [4]int) string { return docAt(emp, n, 0) }
+
+// docAt is docOf with timestamps from base on.
+func docAt(emp int, n [4]int, base int64) string {
 	var b strings.Builder
 	b.WriteByte('{')
 	for i, p := range []string{"low", "medium", "high", "critical"} {
@@ -30,7 +34,7 @@ func docOf(emp int, n [4]int) string {
 			if j > 0 {
 				b.WriteByte(',')
 			}
-			fmt.Fprintf(&b, `{"type":"misuse","priority":%q,"employee_id":%d,"timestamp":%d}`, p, emp, j)
+			fmt.Fprintf(&b, `{"type":"misuse","priority":%q,"employee_id":%d,"timestamp":%d}`, p, emp, base+int64(j))
 		}
 		b.WriteString("]}")
 	}
@@ -154,36 +158,127 @@ func TestRiskDecay(t *testing.T) {
 	}
 }
 
-// TestRecentRankingsBounded: past versions keep only their rankings, at
-// most keptVersions of them and, for large views, fewer; the current one
-// always stays.
-func TestRecentRankingsBounded(t *testing.T) {
-	s := newStore(slog.New(slog.DiscardHandler), newMetrics(prometheus.NewRegistry()))
-	for v := uint64(1); v <= 40; v++ {
-		s.remember(&snapshot{version: v, ranking: make([]risk.Ranked, 10)})
+// TestCursorRankingsKeptByTimeAndBytes: a ranking a cursor walks is kept
+// for the TTL after its last page however many versions come meanwhile,
+// within the byte budget (the least recently paged go first); a cursor
+// past either is counted.
+func TestCursorRankingsKeptByTimeAndBytes(t *testing.T) {
+	ranking := func(n int) []risk.Ranked {
+		r := make([]risk.Ranked, n)
+		for i := range r {
+			r[i].Employee = strconv.Itoa(i)
+		}
+		return r
 	}
-	if len(s.recent) != keptVersions {
-		t.Errorf("small rankings: %d versions kept, want %d", len(s.recent), keptVersions)
+	one := rankingBytes(ranking(100))
+	c := newCursorRankings(10*time.Minute, 2*one, prometheus.NewRegistry())
+	now := time.Now()
+	c.now = func() time.Time { return now }
+	c.pin(rankingID{version: 1}, ranking(100))
+	c.pin(rankingID{version: 2, scored: 5}, ranking(100))
+	now = now.Add(9 * time.Minute)
+	if _, ok := c.get(rankingID{version: 1}); !ok { // paged again: kept longer
+		t.Fatal("a ranking paged 9 minutes ago is gone")
 	}
-	if _, ok := s.at(40 - keptVersions); ok {
-		t.Error("a version past keptVersions is still kept")
+	if _, ok := c.get(rankingID{version: 2}); ok {
+		t.Fatal("another ranking of the same version (scored at another moment) was returned")
 	}
-	if r, ok := s.at(40); !ok || len(r) != 10 {
-		t.Errorf("the current version: kept %v, %d entries", ok, len(r))
+	c.pin(rankingID{version: 3}, ranking(100)) // over the budget: 2 goes (least recently paged)
+	if _, ok := c.get(rankingID{version: 2, scored: 5}); ok {
+		t.Error("past the budget, the least recently paged ranking is still kept")
 	}
-	big := keptRanked/3 + 1
-	for v := uint64(41); v <= 45; v++ {
-		s.remember(&snapshot{version: v, ranking: make([]risk.Ranked, big)})
+	now = now.Add(9 * time.Minute)
+	if _, ok := c.get(rankingID{version: 1}); !ok {
+		t.Error("a ranking paged 9 minutes ago is gone")
 	}
-	total := 0
-	for _, r := range s.recent {
-		total += len(r.ranked)
+	now = now.Add(10 * time.Minute)
+	if _, ok := c.get(rankingID{version: 1}); ok {
+		t.Error("a ranking not paged for 10 minutes is still kept")
 	}
-	if len(s.recent) != 2 || total > keptRanked {
-		t.Errorf("large rankings: %d versions, %d entries kept, want 2 within %d", len(s.recent), total, keptRanked)
+	if got := testutil.ToFloat64(c.gone); got != 3 {
+		t.Errorf("incidents_api_risk_cursors_gone_total = %v, want 3", got)
 	}
-	s.remember(&snapshot{version: 46, ranking: make([]risk.Ranked, 2*keptRanked)})
-	if _, ok := s.at(46); !ok || len(s.recent) != 1 {
-		t.Errorf("a ranking larger than the bound: %d versions kept, the current one kept %v", len(s.recent), ok)
+	if c.bytes != 0 || len(c.kept) != 0 {
+		t.Errorf("%d bytes and %d rankings kept after all expired", c.bytes, len(c.kept))
 	}
+}
+
+// TestRiskWalkSurvivesRescoringAndManyVersions: with decay, scores are
+// decayed anew while a walk goes on, and hundreds of versions come between
+// two of its pages; the walk still sees every employee once, since its
+// cursor names the very ranking it started on (version and decay moment).
+func TestRiskWalkSurvivesRescoringAndManyVersions(t *testing.T) {
+	hs, kv, a := serveAPI(t, Options{RiskHalfLife: time.Minute})
+	a.store.decayEvery = 0 // every second
+	ctx := context.Background()
+	now := time.Now().Unix()
+	const employees = 24
+	for emp := 1001; emp <= 1000+employees; emp++ {
+		doc := docAt(emp, [4]int{1 + emp%3, emp % 4, emp % 5, emp % 2}, now-int64(emp%7*5))
+		if _, err := kv.PutString(ctx, strconv.Itoa(emp), doc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type page struct {
+		Version   string `json:"version"`
+		Employees []struct {
+			Employee string  `json:"employee_id"`
+			Score    float64 `json:"score"`
+		} `json:"employees"`
+	}
+	get := func(query string) (page, string) {
+		t.Helper()
+		resp, b := do(t, http.MethodGet, hs.URL+"/risk"+query, "")
+		var p page
+		if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &p) != nil {
+			t.Fatalf("/risk%s: %d %s", query, resp.StatusCode, b)
+		}
+		return p, resp.Header.Get("X-Next-Cursor")
+	}
+	testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+		p, _ := get("?limit=100")
+		return len(p.Employees) == employees+1, fmt.Sprintf("%d ranked", len(p.Employees))
+	})
+	walk := func(versions bool) {
+		t.Helper()
+		seen := map[string]int{}
+		query := "?limit=5"
+		for pages := 0; ; pages++ {
+			top, _ := get("?limit=1")
+			p, next := get(query)
+			for _, e := range p.Employees {
+				seen[e.Employee]++
+			}
+			if next == "" {
+				break
+			}
+			if pages > employees {
+				t.Fatal("the walk does not end")
+			}
+			// Scores are decayed anew (same view version, another ranking)...
+			testkit.Eventually(t, 10*time.Second, func() (bool, string) {
+				now, _ := get("?limit=1")
+				return now.Employees[0].Score != top.Employees[0].Score, fmt.Sprintf("not re-scored yet: %s %v", now.Version, now.Employees[0].Score)
+			})
+			// ... and, in the second walk, hundreds of versions come.
+			if versions && pages == 0 {
+				for i := range 300 {
+					if _, err := kv.PutString(ctx, "42", strings.Replace(doc42, `"timestamp":1`, fmt.Sprintf(`"timestamp":%d`, now-int64(i)), 1)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			query = "?limit=5&cursor=" + url.QueryEscape(next)
+		}
+		for emp, n := range seen {
+			if n != 1 {
+				t.Errorf("employee %s seen %d times", emp, n)
+			}
+		}
+		if len(seen) != employees+1 {
+			t.Errorf("the walk saw %d employees, want %d", len(seen), employees+1)
+		}
+	}
+	walk(false)
+	walk(true)
 }

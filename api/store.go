@@ -142,6 +142,7 @@ type snapshot struct {
 	version           uint64
 	updated           time.Time     // when it was prepared
 	ranking           []risk.Ranked // employees by risk, highest first
+	rankingID         rankingID     // names ranking for /risk cursors
 	unattributedCount int
 	all               *body
 	keys              []string // employee ids in document order
@@ -171,11 +172,8 @@ type store struct {
 
 	snap   atomic.Pointer[snapshot]
 	loaded atomic.Bool
-	// recent are the rankings of the last versions, for a paged ranking to
-	// go on at the version it started at. Only rankings are kept: a whole
-	// snapshot holds the full document, which is the view's size again.
-	recentMu sync.Mutex
-	recent   []ranking
+	// cursors keeps the rankings open /risk cursors walk (cursors.go).
+	cursors *cursorRankings
 
 	// Owned by the watch loop.
 	employees map[string]*body
@@ -194,6 +192,7 @@ type store struct {
 	halfLife   time.Duration
 	timestamps map[string][4][]float64
 	decayedAt  time.Time
+	decayEvery time.Duration // how often scores are decayed anew (tests: sooner)
 	// onLoad and onChange, when set, hear of the first snapshot's version
 	// and of every change after it.
 	onLoad   func(version uint64)
@@ -223,7 +222,7 @@ type store struct {
 
 func newStore(log *slog.Logger, m *metrics) *store {
 	s := &store{log: log, metrics: m, minRebuild: 50 * time.Millisecond, maxCopied: maxCopiedDocument, boot: strconv.FormatInt(time.Now().UnixNano(), 36),
-		rebuildGrace: rebuildGrace}
+		rebuildGrace: rebuildGrace, decayEvery: decayEvery}
 	s.reset()
 	s.snap.Store(&snapshot{all: newBody([]byte("{}")), unattributed: newBody([]byte(`{"count":0,"incidents":[]}`))})
 	return s
@@ -313,7 +312,7 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 					s.adopt(created)
 				}
 			}
-			if s.halfLife > 0 && time.Since(s.decayedAt) >= decayEvery {
+			if s.halfLife > 0 && time.Since(s.decayedAt) >= s.decayEvery {
 				s.employeesDirty = true // scores decay with time, not only with changes
 			}
 			if (s.employeesDirty || s.unattributedDirty) && !s.frozen() {
@@ -500,8 +499,11 @@ func (s *store) rebuild() {
 	slices.SortFunc(c.Employees, compareEmployeeIDs)
 	clear(s.changed)
 	changedVersion := next.version != prev.version
+	next.rankingID = rankingID{version: next.version}
+	if s.halfLife > 0 {
+		next.rankingID.scored = s.decayedAt.UnixMilli()
+	}
 	s.snap.Store(&next)
-	s.remember(&next)
 	switch {
 	case s.replaced:
 		s.replaced = false
@@ -514,51 +516,6 @@ func (s *store) rebuild() {
 	s.lastRebuild = time.Since(start)
 	s.metrics.snapshotSeconds.Observe(s.lastRebuild.Seconds())
 	s.metrics.viewUpdated.SetToCurrentTime()
-}
-
-// ranking is the risk ranking of one view version.
-type ranking struct {
-	version uint64
-	ranked  []risk.Ranked
-}
-
-// keptVersions is how many recent versions a ranking may be paged in;
-// keptRanked bounds the entries they hold together, so that a large view
-// keeps fewer (the current one is always kept).
-const (
-	keptVersions = 16
-	keptRanked   = 1 << 19
-)
-
-func (s *store) remember(snap *snapshot) {
-	s.recentMu.Lock()
-	defer s.recentMu.Unlock()
-	if n := len(s.recent); n > 0 && s.recent[n-1].version == snap.version {
-		s.recent[n-1].ranked = snap.ranking
-	} else {
-		s.recent = append(s.recent, ranking{version: snap.version, ranked: snap.ranking})
-	}
-	total, keep := 0, 0
-	for i := len(s.recent) - 1; i >= 0 && keep < keptVersions; i-- {
-		total += len(s.recent[i].ranked)
-		if keep > 0 && total > keptRanked {
-			break
-		}
-		keep++
-	}
-	s.recent = slices.Delete(s.recent, 0, len(s.recent)-keep)
-}
-
-// at returns the ranking of a view version, if it is still kept.
-func (s *store) at(version uint64) ([]risk.Ranked, bool) {
-	s.recentMu.Lock()
-	defer s.recentMu.Unlock()
-	for i := len(s.recent) - 1; i >= 0; i-- {
-		if s.recent[i].version == version {
-			return s.recent[i].ranked, true
-		}
-	}
-	return nil, false
 }
 
 // rank orders the employees by risk score. Without decay only the

@@ -124,7 +124,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, hooks Hooks) 
 	health.Add("projector", proj.Ready)
 	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(gatherers), Health: health, Logger: log, Registerer: regs["api"],
 		TokensFile: cfg.APITokensFile, MetricsAuth: cfg.MetricsAuth, RateLimit: cfg.APIRateLimit,
-		RiskHalfLife:     cfg.RiskHalfLife,
+		RiskHalfLife: cfg.RiskHalfLife, RiskCursorBytes: cfg.RiskCursorBytes,
 		EventsMaxStreams: cfg.EventsMaxStreams, EventsMaxPerClient: cfg.EventsMaxPerClient, EventsMaxLifetime: cfg.EventsMaxLifetime,
 		Stuck: prod.Stuck})
 	if err != nil {

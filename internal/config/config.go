@@ -61,14 +61,15 @@ type Config struct {
 
 	UpstreamCAFile string // PEM roots for the upstream's certificate, instead of the system's
 
-	APIAddr       string
-	APITokensFile string
-	MetricsAuth   bool
-	APITLSCert    string
-	APITLSKey     string
-	APIRateLimit  float64
-	RiskHalfLife  time.Duration
-	MetricsAddr   string
+	APIAddr         string
+	APITokensFile   string
+	MetricsAuth     bool
+	APITLSCert      string
+	APITLSKey       string
+	APIRateLimit    float64
+	RiskHalfLife    time.Duration
+	RiskCursorBytes int64
+	MetricsAddr     string
 
 	EventsMaxStreams   int           // 0: a quarter of the open-file limit
 	EventsMaxPerClient int           // 0: the API's default
@@ -214,6 +215,7 @@ func settings() []setting {
 		{"EVENTS_MAX_STREAMS", "0", "/events streams open at once at most (0: a quarter of the process's open-file limit); past it 503 with Retry-After", count(func(c *Config) *int { return &c.EventsMaxStreams })},
 		{"EVENTS_MAX_PER_CLIENT", "16", "/events streams one token (or one client address without tokens) holds open at most", count(func(c *Config) *int { return &c.EventsMaxPerClient })},
 		{"EVENTS_MAX_LIFETIME", "1h", "how long one /events stream lasts at most; the browser reconnects with Last-Event-ID", dur(func(c *Config) *time.Duration { return &c.EventsMaxLifetime })},
+		{"RISK_CURSOR_BYTES", "67108864", "memory for the rankings open /risk cursors walk (each valid 10 minutes after its last page), in bytes", atLeast(1<<20, func(c *Config) *int64 { return &c.RiskCursorBytes })},
 		{"RISK_HALF_LIFE", "0s", "risk scores halve per this age of an incident (0: no decay)", dur(func(c *Config) *time.Duration { return &c.RiskHalfLife })},
 		{"UPSTREAM_CA_FILE", "", "PEM CA certificates that sign the upstream's certificate (default: the system's)", str(func(c *Config) *string { return &c.UpstreamCAFile })},
 		{"NATS_CA_FILE", "", "PEM CA certificates of the NATS server (TLS)", str(func(c *Config) *string { return &c.NATSCAFile })},

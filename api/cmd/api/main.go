@@ -35,7 +35,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	defer nc.Close()
 	a, err := api.New(api.Options{JS: nc.JS, Metrics: telemetry.MetricsHandler(reg), Health: health, Logger: log, Registerer: reg,
 		TokensFile: cfg.APITokensFile, MetricsAuth: cfg.MetricsAuth, RateLimit: cfg.APIRateLimit,
-		RiskHalfLife:     cfg.RiskHalfLife,
+		RiskHalfLife: cfg.RiskHalfLife, RiskCursorBytes: cfg.RiskCursorBytes,
 		EventsMaxStreams: cfg.EventsMaxStreams, EventsMaxPerClient: cfg.EventsMaxPerClient, EventsMaxLifetime: cfg.EventsMaxLifetime})
 	if err != nil {
 		return err
