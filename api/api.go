@@ -182,6 +182,7 @@ func New(o Options) (*API, error) {
 		r.Get("/incidents/{employee_id}", a.employee)
 		r.Get("/unattributed", a.unattributedList)
 		r.Get("/risk", a.riskRanking)
+		r.Get("/risk/{employee_id}", a.employeeRiskEntry)
 		r.Get("/events", a.events)
 		r.Get("/status", a.status)
 	})

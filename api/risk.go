@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/go-chi/chi/v5"
+
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/risk"
 )
@@ -109,12 +111,7 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 	end := min(start+limit, len(ranked))
 	page := riskPage{Version: id.String(), Employees: make([]riskEntry, 0, end-start)}
 	for _, rk := range ranked[start:end] {
-		counts := make(map[string]int, 4)
-		for i, p := range incident.Priorities() {
-			counts[string(p)] = rk.Counts[i]
-		}
-		page.Employees = append(page.Employees, riskEntry{Employee: rk.Employee, Score: math.Round(rk.Score*100) / 100,
-			Level: risk.LevelOf(rk.Score), Counts: counts})
+		page.Employees = append(page.Employees, entryOf(rk))
 	}
 	if end < len(ranked) {
 		last := ranked[end-1]
@@ -129,4 +126,50 @@ func (a *API) riskRanking(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	serve(w, r, newBody(b))
+}
+
+// employeeRisk is GET /risk/{employee_id}: one employee's entry of the
+// current ranking, with what the console needs to explain it exactly as
+// ranked (the half-life and the moment scores were decayed to).
+type employeeRisk struct {
+	riskEntry
+	Rank     int     `json:"rank"` // 1 for the highest
+	Version  string  `json:"version"`
+	HalfLife float64 `json:"half_life_seconds"` // 0: no decay
+	ScoredAt float64 `json:"scored_at"`         // Unix seconds scores are decayed to (0: no decay)
+}
+
+// employeeRiskEntry answers GET /risk/{employee_id}.
+func (a *API) employeeRiskEntry(w http.ResponseWriter, r *http.Request) {
+	id, err := incident.ParseEmployeeID(chi.URLParam(r, "employee_id"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, "no incidents for this employee")
+		return
+	}
+	snap := a.store.snap.Load()
+	i := slices.IndexFunc(snap.ranking, func(rk risk.Ranked) bool { return rk.Employee == id })
+	if i < 0 {
+		writeError(w, http.StatusNotFound, "no incidents for this employee")
+		return
+	}
+	out := employeeRisk{riskEntry: entryOf(snap.ranking[i]), Rank: i + 1, Version: snap.rankingID.String()}
+	if a.store.halfLife > 0 {
+		out.HalfLife = a.store.halfLife.Seconds()
+		out.ScoredAt = float64(snap.rankingID.scored) / 1000
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal error")
+		return
+	}
+	serve(w, r, newBody(b))
+}
+
+// entryOf is rk as /risk shows it.
+func entryOf(rk risk.Ranked) riskEntry {
+	counts := make(map[string]int, 4)
+	for i, p := range incident.Priorities() {
+		counts[string(p)] = rk.Counts[i]
+	}
+	return riskEntry{Employee: rk.Employee, Score: math.Round(rk.Score*100) / 100, Level: risk.LevelOf(rk.Score), Counts: counts}
 }

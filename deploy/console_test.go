@@ -42,6 +42,24 @@ func chromium(t *testing.T) string {
 	return ""
 }
 
+// browser starts a headless Chromium (bin) for the test, for at most
+// within; it ends with the test.
+func browser(t *testing.T, bin string, within time.Duration) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.NoSandbox,
+		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 900),
+		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true), chromedp.Flag("no-first-run", true))
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancelCtx := chromedp.NewContext(alloc)
+	ctx, cancel := context.WithTimeout(ctx, within)
+	t.Cleanup(func() { cancel(); cancelCtx(); cancelAlloc() })
+	if err := chromedp.Do(ctx); err != nil { // start the browser
+		t.Fatal(err)
+	}
+	return ctx
+}
+
 // authGet GETs path of the API with the token.
 func authGet(t *testing.T, url, token string) (int, []byte) {
 	t.Helper()
@@ -76,19 +94,7 @@ func TestConsoleInChromium(t *testing.T) {
 		return st.Employees == 1722, fmt.Sprintf("%d employees", st.Employees)
 	})
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.NoSandbox,
-		chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1280, 900),
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.Flag("disable-quic", true), chromedp.Flag("no-first-run", true))
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancelCtx := chromedp.NewContext(alloc)
-	defer cancelCtx()
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	if err := chromedp.Do(ctx); err != nil { // start the browser
-		t.Fatal(err)
-	}
+	ctx := browser(t, bin, 3*time.Minute)
 
 	var dialogs atomic.Int32
 	var mu sync.Mutex
@@ -305,18 +311,7 @@ func TestConsoleFirstPageAt100kEmployees(t *testing.T) {
 		_ = json.Unmarshal(b, &st)
 		return st.Employees == n, fmt.Sprintf("%d employees served", st.Employees)
 	})
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.NoSandbox,
-		chromedp.UserDataDir(t.TempDir()), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.Flag("no-first-run", true))
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancelCtx := chromedp.NewContext(alloc)
-	defer cancelCtx()
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if err := chromedp.Do(ctx); err != nil { // start the browser first: not part of the page's time
-		t.Fatal(err)
-	}
+	ctx := browser(t, bin, time.Minute) // started first: not part of the page's time
 	start := time.Now()
 	if err := chromedp.Do(ctx, chromedp.Navigate(r.URL+"/"), chromedp.WaitVisible(chromedp.CSS("#ranking-rows tr"))); err != nil {
 		t.Fatal(err)

@@ -13,10 +13,18 @@ let cursor = '';           // next page of the ranking
 let filtered = '';         // the filter query, when the list is filtered
 let openEmployee = '';     // the employee page shown, if any
 let refreshTimer = 0;
+let loads = 0;             // counts loads: an answer to a superseded one is dropped
+
+// visible shows control, bidirectional and invisible characters as
+// ⟨U+XXXX⟩, so that an upstream value can neither read reversed nor hide.
+const HIDDEN = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]/g;
+function visible(s) {
+  return String(s).replace(HIDDEN, (c) => '⟨U+' + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0') + '⟩');
+}
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
-  if (text !== undefined) e.textContent = String(text);
+  if (text !== undefined) e.textContent = visible(text);
   if (cls) e.className = cls;
   return e;
 }
@@ -42,7 +50,8 @@ async function start() {
   if (resp.status === 401) { showLogin(token ? 'this token is not accepted' : ''); return; }
   $('login').hidden = true;
   $('app').hidden = false;
-  await loadRanking(true);
+  window.addEventListener('hashchange', route);
+  route();
   health();
   setInterval(health, 5000);
   listen();
@@ -70,17 +79,21 @@ function rankingRow(rank, e) {
   const td = el('td');
   td.appendChild(bars(e.counts));
   tr.appendChild(td);
-  tr.addEventListener('click', () => openPage(e.employee_id));
+  tr.addEventListener('click', () => go('#/employees/' + encodeURIComponent(e.employee_id)));
   return tr;
 }
 
-async function loadRanking(reset) {
+async function loadRanking(reset, notice) {
+  const load = ++loads;
   const body = $('ranking-rows');
   if (reset) { cursor = ''; body.replaceChildren(); }
+  $('ranking-notice').hidden = !notice;
+  $('ranking-notice').textContent = notice || '';
   let resp, rows = [];
   if (filtered) {
     resp = await api('/incidents?limit=100&' + filtered + (cursor ? '&cursor=' + encodeURIComponent(cursor) : ''));
     const doc = await resp.json();
+    if (load !== loads) return;
     for (const [id, d] of Object.entries(doc)) {
       const counts = {};
       for (const p of PRIORITIES) counts[p] = d[p].count;
@@ -88,8 +101,12 @@ async function loadRanking(reset) {
     }
   } else {
     resp = await api('/risk?limit=100' + (cursor ? '&cursor=' + encodeURIComponent(cursor) : ''));
-    if (resp.status === 410) { return loadRanking(true); }
+    if (load !== loads) return;
+    if (resp.status === 410) {
+      return loadRanking(true, 'The ranking moved on since this list was loaded (its pages are kept 10 minutes); it starts again from the top.');
+    }
     rows = (await resp.json()).employees;
+    if (load !== loads) return;
   }
   cursor = resp.headers.get('X-Next-Cursor') || '';
   let rank = body.children.length;
@@ -97,10 +114,13 @@ async function loadRanking(reset) {
   $('more').hidden = !cursor;
 }
 
+// fieldsText lists every field of an incident but those shown in columns,
+// whatever its name: own keys only, never through a setter (a field named
+// __proto__ is a field like any other).
+const COLUMNS = new Set(['type', 'priority', 'timestamp']);
 function fieldsText(inc) {
-  const rest = Object.assign({}, inc);
-  delete rest.type; delete rest.priority; delete rest.timestamp;
-  return JSON.stringify(rest, null, 1);
+  return Object.keys(inc).filter((k) => !COLUMNS.has(k))
+    .map((k) => JSON.stringify(k) + ': ' + JSON.stringify(Object.getOwnPropertyDescriptor(inc, k).value)).join('\n');
 }
 
 function when(ts) {
@@ -161,8 +181,15 @@ function timeline(incidents) {
   });
 }
 
-function explain(incidents) {
-  const scored = incidents.map((inc) => ({ inc, s: SCORES[inc.priority] || 0 })).sort((a, b) => b.s - a.s);
+// explain lists what makes an employee's score, as GET /risk ranks it:
+// each incident's priority score, decayed to the ranking's moment when the
+// scores decay (rk: GET /risk/{id}), weighted by its place.
+function explain(incidents, rk) {
+  const decay = (inc) => {
+    const age = rk && rk.half_life_seconds > 0 ? rk.scored_at - Number(inc.timestamp) : 0;
+    return age > 0 ? Math.pow(2, -age / rk.half_life_seconds) : 1;
+  };
+  const scored = incidents.map((inc) => ({ inc, s: (SCORES[inc.priority] || 0) * decay(inc) })).sort((a, b) => b.s - a.s);
   let total = 0;
   scored.forEach((x, i) => { x.term = x.s / Math.pow(i + 1, 1.5) / ZETA; total += x.term; });
   const body = $('explain-rows');
@@ -179,7 +206,12 @@ function explain(incidents) {
 }
 
 async function openPage(id) {
-  const resp = await api('/incidents/' + encodeURIComponent(id) + (filtered ? '?' + filtered : ''));
+  const load = ++loads;
+  const [resp, rkResp] = await Promise.all([
+    api('/incidents/' + encodeURIComponent(id) + (filtered ? '?' + filtered : '')),
+    api('/risk/' + encodeURIComponent(id))]);
+  const rk = rkResp.ok ? await rkResp.json() : null;
+  if (load !== loads) return;
   show('employee');
   openEmployee = id;
   $('employee-title').textContent = 'Employee ' + id;
@@ -189,12 +221,16 @@ async function openPage(id) {
     return;
   }
   const doc = await resp.json();
+  if (load !== loads) return;
   const incidents = [];
   for (const p of PRIORITIES) for (const inc of doc[p].incidents) incidents.push(inc);
   incidents.sort((a, b) => Number(a.timestamp) - Number(b.timestamp));
   timeline(incidents);
-  const score = explain(incidents);
-  $('employee-summary').textContent = incidents.length + ' incidents, risk score ' + score.toFixed(2) +
+  const score = explain(incidents, rk);
+  // The score as ranked; the explanation's own sum only when filtered.
+  const shown = rk && !filtered ? rk.score : score;
+  $('employee-summary').textContent = incidents.length + ' incidents, risk score ' + shown.toFixed(2) +
+    (rk && !filtered ? ' (rank ' + rk.rank + ')' : '') +
     (incidents.length > 5000 ? ' (the timeline shows 1 in ' + Math.ceil(incidents.length / 5000) + ', the table the newest 500)' : '');
   const body = $('incident-rows');
   body.replaceChildren();
@@ -202,7 +238,9 @@ async function openPage(id) {
 }
 
 async function loadUnattributed() {
+  const load = ++loads;
   const doc = await (await api('/unattributed')).json();
+  if (load !== loads) return;
   const body = $('unattributed-rows');
   body.replaceChildren();
   for (const inc of doc.incidents || []) body.appendChild(incidentRow(inc));
@@ -273,6 +311,44 @@ function changed(ev) {
   }, 200);
 }
 
+// Every view has its own URL, as a fragment (#/ranking?priority=high,
+// #/employees/42, #/unattributed), so that it can be bookmarked, shared,
+// opened in a new tab and reached with Back and Forward; a fragment never
+// leaves the browser, so employee ids never reach a server's log.
+function go(hash) {
+  if (location.hash === hash) route(); else location.hash = hash;
+}
+
+function route() {
+  const hash = location.hash.replace(/^#/, '');
+  let m;
+  if ((m = /^\/employees\/([^/?]+)$/.exec(hash))) {
+    const id = decodeURIComponent(m[1]);
+    if (/^[0-9]+$/.test(id)) { openPage(id); return; }
+  }
+  if (hash === '/unattributed') { show('unattributed'); loadUnattributed(); return; }
+  const query = hash.startsWith('/ranking?') ? hash.slice('/ranking?'.length) : '';
+  setFilters(query);
+  filtered = filterQuery();
+  show('ranking');
+  loadRanking(true);
+}
+
+// setFilters shows a filter query in the filter form.
+function setFilters(query) {
+  const q = new URLSearchParams(query);
+  const local = (s) => { const d = new Date(Number(s) * 1000); return isNaN(d) ? '' : d.toISOString().slice(0, 16); };
+  $('f-type').value = q.get('type') || '';
+  $('f-priority').value = q.get('priority') || '';
+  $('f-since').value = q.get('since') ? local(q.get('since')) : '';
+  $('f-until').value = q.get('until') ? local(q.get('until')) : '';
+}
+
+function rankingHash() {
+  const q = filterQuery();
+  return '#/ranking' + (q ? '?' + q : '');
+}
+
 function filterQuery() {
   const q = new URLSearchParams();
   if ($('f-type').value) q.set('type', $('f-type').value);
@@ -291,11 +367,15 @@ document.addEventListener('DOMContentLoaded', () => {
     start();
   });
   $('more').addEventListener('click', () => loadRanking(false));
-  $('tab-ranking').addEventListener('click', () => { show('ranking'); loadRanking(true); });
-  $('tab-unattributed').addEventListener('click', () => { show('unattributed'); loadUnattributed(); });
-  $('back').addEventListener('click', () => show('ranking'));
-  $('search').addEventListener('submit', (e) => { e.preventDefault(); const id = $('search-id').value.trim(); if (/^[0-9]+$/.test(id)) openPage(id); });
-  $('filters').addEventListener('submit', (e) => { e.preventDefault(); filtered = filterQuery(); show('ranking'); loadRanking(true); });
-  $('f-clear').addEventListener('click', () => { $('filters').reset(); filtered = ''; show('ranking'); loadRanking(true); });
+  $('tab-ranking').addEventListener('click', () => go(rankingHash()));
+  $('tab-unattributed').addEventListener('click', () => go('#/unattributed'));
+  $('back').addEventListener('click', () => go(rankingHash()));
+  $('search').addEventListener('submit', (e) => {
+    e.preventDefault();
+    const id = $('search-id').value.trim();
+    if (/^[0-9]+$/.test(id)) go('#/employees/' + id);
+  });
+  $('filters').addEventListener('submit', (e) => { e.preventDefault(); go(rankingHash()); });
+  $('f-clear').addEventListener('click', () => { $('filters').reset(); go('#/ranking'); });
   start();
 });
