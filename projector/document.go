@@ -29,6 +29,11 @@ func Document(ctx context.Context, js jetstream.JetStream, employee string) ([]b
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", topology.BucketView, err)
 	}
+	return documentAt(ctx, kv, employee)
+}
+
+// documentAt is Document of the document stored under key, as it is spelt.
+func documentAt(ctx context.Context, kv jetstream.KeyValue, employee string) ([]byte, error) {
 	for range 20 {
 		entry, err := kv.Get(ctx, employee)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {

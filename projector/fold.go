@@ -83,9 +83,14 @@ func (p *Projector) apply(ctx context.Context, kv jetstream.KeyValue, pl *plan) 
 // applyEmployee folds a plan into an employee's pieces, trying again from
 // the manifest when another writer changed it first.
 func (p *Projector) applyEmployee(ctx context.Context, kv jetstream.KeyValue, pl *plan) error {
-	entries := entriesOf(pl)
+	return p.foldEntries(ctx, kv, pl.key, entriesOf(pl))
+}
+
+// foldEntries folds entries into employee's document, again while another
+// writer's change comes first.
+func (p *Projector) foldEntries(ctx context.Context, kv jetstream.KeyValue, employee string, entries []view.Entry) error {
 	for range maxConflicts {
-		added, err := p.pieces.fold(ctx, p.js, kv, pl.key, entries)
+		added, err := p.pieces.fold(ctx, p.js, kv, employee, entries)
 		if errors.Is(err, errConflict) {
 			p.metrics.conflicts.Inc()
 			continue
@@ -94,10 +99,10 @@ func (p *Projector) applyEmployee(ctx context.Context, kv jetstream.KeyValue, pl
 			return err
 		}
 		p.metrics.projected.WithLabelValues("added").Add(float64(added))
-		p.metrics.projected.WithLabelValues("duplicate").Add(float64(len(pl.ops) - added))
+		p.metrics.projected.WithLabelValues("duplicate").Add(float64(len(entries) - added))
 		return nil
 	}
-	return fmt.Errorf("writing view %s: still conflicting after %d tries", pl.key, maxConflicts)
+	return fmt.Errorf("writing view %s: still conflicting after %d tries", employee, maxConflicts)
 }
 
 // foldUnattributed applies a plan to an IP's stored unattributed document

@@ -24,6 +24,7 @@ import (
 	"github.com/incidentpipe/pipeline/internal/incident"
 	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
+	"github.com/incidentpipe/pipeline/internal/wait"
 )
 
 // Options configure a Projector.
@@ -86,6 +87,24 @@ func (p *Projector) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
 	}
+	// Before any incident is folded, so that none lands beside a
+	// document still under an earlier spelling of its employee.
+	for attempt := 1; ; attempt++ {
+		err := p.migrateKeys(ctx, kv)
+		if err == nil {
+			if attempt > 1 {
+				p.progress.OK()
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		p.progress.Stalled(err)
+		if err := wait.For(ctx, min(time.Duration(attempt)*time.Second, 30*time.Second)); err != nil {
+			return err
+		}
+	}
 	cons, err := topology.AwaitConsumer(ctx, p.log, p.js, topology.StreamEnriched, topology.ProjectorConsumer())
 	if err != nil {
 		return err
@@ -128,16 +147,23 @@ func (b *batch) add(key string, o op) {
 	pl.ops = append(pl.ops, o)
 }
 
-// plan adds one enriched message (its data and headers) to the batch: it
-// returns the documents it touches, or why it is invalid.
-func (b *batch) plan(data []byte, h nats.Header) ([]string, *stage.Outcome) {
+// plan adds one enriched message (its subject, data and headers) to the
+// batch: it returns the documents it touches, or why it is invalid. The
+// employee is named three times (subject, envelope, and the incident when
+// it names one), each in canonical form: a message whose parts disagree is
+// refused, never filed under one of them.
+func (b *batch) plan(subject string, data []byte, h nats.Header) ([]string, *stage.Outcome) {
 	id := h.Get(topology.HeaderMsgID)
 	env, in, err := envelope.Decode(data)
+	if err == nil {
+		err = agree(subject, env, in)
+	}
 	if err != nil {
 		out := stage.Rejected(string(env.Type), id, err)
 		return nil, &out
 	}
 	ip, hasIP := env.Addr()
+	employee, _ := incident.ParseEmployeeID(env.EmployeeID) // canonical; Decode checked it
 	b.bytes += 2*len(data) + 192 // the incident decoded, and its entry
 	switch {
 	case env.EmployeeID == "" && !hasIP:
@@ -148,15 +174,42 @@ func (b *batch) plan(data []byte, h nats.Header) ([]string, *stage.Outcome) {
 		b.add(key, op{kind: opUnattributed, in: in})
 		return []string{key}, nil
 	case h.Get(topology.HeaderReattributed) != "" && hasIP:
-		emp, un := topology.EmployeeKey(env.EmployeeID), topology.UnattributedKey(ip)
+		emp, un := topology.EmployeeKey(employee), topology.UnattributedKey(ip)
 		b.add(emp, op{kind: opEmployee, in: in})
 		b.add(un, op{kind: opAttributed, in: in})
 		return []string{emp, un}, nil
 	default:
-		key := topology.EmployeeKey(env.EmployeeID)
+		key := topology.EmployeeKey(employee)
 		b.add(key, op{kind: opEmployee, in: in})
 		return []string{key}, nil
 	}
+}
+
+// agree checks that the subject, the envelope and the incident name the
+// same employee (or, unattributed, the same IP).
+func agree(subject string, env envelope.Enriched, in incident.Incident) error {
+	disagree := func(format string, args ...any) error {
+		return &incident.InvalidError{Reason: incident.ReasonInvalidEnvelope, Detail: fmt.Sprintf(format, args...)}
+	}
+	subjEmployee, subjIP, err := topology.EnrichedTarget(subject)
+	if err != nil {
+		return disagree("%v", err)
+	}
+	if env.EmployeeID == "" {
+		ip, ok := env.Addr()
+		if subjEmployee != "" || !ok || incident.IPKey(ip) != subjIP {
+			return disagree("the subject names %q, the envelope the unattributed ip %q", strings.TrimPrefix(subject, "incidents.enriched."), env.IP)
+		}
+		return nil
+	}
+	employee, _ := incident.ParseEmployeeID(env.EmployeeID)
+	if subjEmployee != employee {
+		return disagree("the subject names %q, the envelope employee %s", strings.TrimPrefix(subject, "incidents.enriched."), employee)
+	}
+	if own := in.Identity.EmployeeID; own != "" && own != employee {
+		return disagree("the incident names employee %s, the envelope employee %s", own, employee)
+	}
+	return nil
 }
 
 // handle folds a batch: the changes to each document are grouped, in
@@ -168,7 +221,7 @@ func (p *Projector) handle(ctx context.Context, kv jetstream.KeyValue, msgs []je
 	touches := make([][]string, len(msgs))
 	for i, m := range msgs {
 		var rejected *stage.Outcome
-		if touches[i], rejected = b.plan(m.Data(), m.Headers()); rejected != nil {
+		if touches[i], rejected = b.plan(m.Subject(), m.Data(), m.Headers()); rejected != nil {
 			out[i] = *rejected
 		}
 	}

@@ -187,7 +187,7 @@ func (p *Projector) replay(ctx context.Context, kv jetstream.KeyValue, first, la
 		if seq > last {
 			break
 		}
-		if _, rejected := b.plan(m.Data(), m.Headers()); rejected != nil {
+		if _, rejected := b.plan(m.Subject(), m.Data(), m.Headers()); rejected != nil {
 			skipped++
 		}
 		if b.bytes >= memory {

@@ -107,6 +107,10 @@ const UnattributedPrefix = unattributedTok + "."
 // the RFC 3339 time until which the API keeps serving the view it had.
 const RebuildKey = "rebuilding"
 
+// CanonicalKeysKey is the view key that marks its employee keys all in
+// canonical form (migrated from an earlier version's spellings).
+const CanonicalKeysKey = "migrated.canonical-ids"
+
 // KVStream is the name of the stream that holds a key-value bucket.
 func KVStream(bucket string) string { return "KV_" + bucket }
 
@@ -128,6 +132,23 @@ func EnrichedSubject(employee string) string { return enrichedPrefix + employee 
 // UnattributedSubject is the subject of incidents whose IP no identity covers.
 func UnattributedSubject(ip netip.Addr) string {
 	return enrichedPrefix + UnattributedPrefix + incident.IPKey(ip)
+}
+
+// EnrichedTarget returns whom an enriched subject is for: an employee
+// (canonical id), or the IP key of an unattributed incident.
+func EnrichedTarget(subject string) (employee, ipKey string, err error) {
+	rest, ok := strings.CutPrefix(subject, enrichedPrefix)
+	if !ok {
+		return "", "", fmt.Errorf("subject %q is not an enriched incident subject", subject)
+	}
+	if ipKey, ok := strings.CutPrefix(rest, UnattributedPrefix); ok {
+		return "", ipKey, nil
+	}
+	employee, err = incident.ParseEmployeeID(rest)
+	if err != nil {
+		return "", "", fmt.Errorf("subject %q names no employee", subject)
+	}
+	return employee, "", nil
 }
 
 // UnattributedSubjects matches every unattributed incident.
