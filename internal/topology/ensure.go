@@ -1,15 +1,14 @@
 package topology
 
 import (
-	"log/slog"
-
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nats-io/nats.go"
+	"log/slog"
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -182,12 +181,27 @@ func ensureStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.Str
 		return err
 	}
 	have := s.CachedInfo().Config
-	cfg.Replicas = max(cfg.Replicas, have.Replicas)
+	keepMore(&cfg, have)
 	if streamAsWanted(have, cfg) {
 		return nil
 	}
 	_, err = js.UpdateStream(ctx, cfg)
 	return err
+}
+
+// keepMore keeps what a stream has where the wanted configuration would
+// keep less: more replicas, a longer age, a larger size. Whoever starts
+// with other settings (a command run without the cluster's, a service with
+// a shorter retention) never loses data that way; shortening a retention
+// is an operator's step (nats stream edit).
+func keepMore(want *jetstream.StreamConfig, have jetstream.StreamConfig) {
+	want.Replicas = max(want.Replicas, have.Replicas)
+	if have.MaxAge == 0 || (want.MaxAge != 0 && have.MaxAge > want.MaxAge) {
+		want.MaxAge = have.MaxAge // 0 keeps for ever
+	}
+	if have.MaxBytes <= 0 || (want.MaxBytes > 0 && have.MaxBytes > want.MaxBytes) {
+		want.MaxBytes = have.MaxBytes // -1 is no cap
+	}
 }
 
 // streamAsWanted compares the fields Streams sets.
@@ -216,6 +230,7 @@ func ensureBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.Key
 	}
 	have := st.Config()
 	cfg.Replicas = max(cfg.Replicas, have.Replicas)
+	cfg.History = max(cfg.History, have.History)
 	if have.Description != cfg.Description || have.History != cfg.History ||
 		have.Storage != cfg.Storage || have.Replicas != cfg.Replicas {
 		if _, err = js.UpdateKeyValue(ctx, cfg); err != nil {

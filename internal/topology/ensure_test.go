@@ -75,15 +75,16 @@ func TestEnsureLeavesUnchangedTopologyAlone(t *testing.T) {
 		}
 	}
 
-	// A change is applied, and replicas are never lowered by it.
-	o.DLQMaxAge = time.Hour
+	// A change that keeps more is applied, and replicas are never lowered
+	// by it.
+	o.DLQMaxAge = 60 * 24 * time.Hour
 	ensureAll(o)
 	info, err := js.Stream(ctx, topology.StreamDLQ)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := info.CachedInfo().Config.MaxAge; got != time.Hour {
-		t.Fatalf("DLQ max age %v after Ensure with 1h", got)
+	if got := info.CachedInfo().Config.MaxAge; got != o.DLQMaxAge {
+		t.Fatalf("DLQ max age %v after Ensure with %v", got, o.DLQMaxAge)
 	}
 	c := topology.ProjectorConsumer()
 	c.MaxAckPending = 100
@@ -127,5 +128,47 @@ func TestEnsureAllowsAtomicBatches(t *testing.T) {
 				t.Errorf("existing %v: %s does not allow atomic batches", existing, name)
 			}
 		}
+	}
+}
+
+// TestEnsureNeverKeepsLess: started with settings that would keep less (a
+// command run without the deployment's settings, a shorter retention),
+// Ensure leaves the streams keeping what they kept; settings that keep
+// more apply.
+func TestEnsureNeverKeepsLess(t *testing.T) {
+	ctx := context.Background()
+	_, js := testkit.Connect(t, testkit.JetStream(t)) // the defaults: raw and enriched for ever, the DLQ 30 days
+	config := func(name string) jetstream.StreamConfig {
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config
+	}
+	less := topology.DefaultOptions()
+	less.RawMaxAge, less.EnrichedMaxAge, less.DLQMaxAge = time.Hour, time.Hour, 2*time.Hour
+	less.RawMaxBytes, less.EnrichedMaxBytes = 1<<20, 1<<20
+	if err := topology.Ensure(ctx, js, less); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]time.Duration{topology.StreamRaw: 0, topology.StreamEnriched: 0, topology.StreamDLQ: 30 * 24 * time.Hour} {
+		if c := config(name); c.MaxAge != want || c.MaxBytes != -1 {
+			t.Errorf("%s after an Ensure keeping less: max age %s, max bytes %d; want %s, no cap", name, c.MaxAge, c.MaxBytes, want)
+		}
+	}
+	// An operator shortened the enriched stream by hand; settings that keep
+	// more than that apply.
+	c := config(topology.StreamEnriched)
+	c.MaxAge, c.MaxBytes = time.Hour, 1<<20
+	if _, err := js.UpdateStream(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	more := topology.DefaultOptions()
+	more.EnrichedMaxAge, more.EnrichedMaxBytes = 96*time.Hour, 0
+	if err := topology.Ensure(ctx, js, more); err != nil {
+		t.Fatal(err)
+	}
+	if c := config(topology.StreamEnriched); c.MaxAge != 96*time.Hour || c.MaxBytes != -1 {
+		t.Errorf("keeping more: max age %s, max bytes %d; want 96h, no cap", c.MaxAge, c.MaxBytes)
 	}
 }
