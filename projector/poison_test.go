@@ -73,16 +73,17 @@ func TestEmployeeNamedOnceCanonically(t *testing.T) {
 	ctx := context.Background()
 	cases := []struct {
 		name, subject, envEmployee, envIP, incident string
-		refused                                     bool
+		reattributed, refused                       bool
 	}{
-		{"zeros in the envelope", "incidents.enriched.42", "0042", "", `{"priority":"low","employee_id":42,"timestamp":1}`, false},
-		{"zeros in the subject and incident", "incidents.enriched.0042", "42", "", `{"priority":"low","employee_id":"0042","timestamp":2}`, false},
-		{"subject and envelope disagree", "incidents.enriched.123", "456", "", `{"priority":"low","employee_id":456,"timestamp":3}`, true},
-		{"incident and envelope disagree", "incidents.enriched.42", "42", "", `{"priority":"low","employee_id":7,"timestamp":4}`, true},
-		{"an employee's subject, unattributed envelope", "incidents.enriched.42", "", "10.0.0.9", `{"priority":"low","ip":"10.0.0.9","timestamp":5}`, true},
-		{"unattributed subject, another ip", "incidents.enriched.unattributed.10.0.0.8", "", "10.0.0.9", `{"priority":"low","ip":"10.0.0.9","timestamp":6}`, true},
-		{"unattributed subject, an employee", "incidents.enriched.unattributed.10.0.0.9", "42", "10.0.0.9", `{"priority":"low","ip":"10.0.0.9","timestamp":7}`, true},
-		{"a subject naming nobody", "incidents.enriched.x1", "42", "", `{"priority":"low","employee_id":42,"timestamp":8}`, true},
+		{"zeros in the envelope", "incidents.enriched.42", "0042", "", `{"priority":"low","employee_id":42,"timestamp":1}`, false, false},
+		{"zeros in the subject and incident", "incidents.enriched.0042", "42", "", `{"priority":"low","employee_id":"0042","timestamp":2}`, false, false},
+		{"a resolution on the ip's subject", "incidents.enriched.unattributed.10.0.0.9", "0042", "10.0.0.9", `{"priority":"low","ip":"10.0.0.9","timestamp":9}`, true, false},
+		{"subject and envelope disagree", "incidents.enriched.123", "456", "", `{"priority":"low","employee_id":456,"timestamp":3}`, false, true},
+		{"incident and envelope disagree", "incidents.enriched.42", "42", "", `{"priority":"low","employee_id":7,"timestamp":4}`, false, true},
+		{"an employee's subject, unattributed envelope", "incidents.enriched.42", "", "10.0.0.9", `{"priority":"low","ip":"10.0.0.9","timestamp":5}`, false, true},
+		{"unattributed subject, another ip", "incidents.enriched.unattributed.10.0.0.8", "", "10.0.0.9", `{"priority":"low","ip":"10.0.0.9","timestamp":6}`, false, true},
+		{"unattributed subject, an employee, no resolution", "incidents.enriched.unattributed.10.0.0.9", "42", "10.0.0.9", `{"priority":"low","ip":"10.0.0.9","timestamp":7}`, false, true},
+		{"a subject naming nobody", "incidents.enriched.x1", "42", "", `{"priority":"low","employee_id":42,"timestamp":8}`, false, true},
 	}
 	refused := 0
 	for _, c := range cases {
@@ -95,7 +96,12 @@ func TestEmployeeNamedOnceCanonically(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := js.Publish(ctx, c.subject, b); err != nil {
+		m := nats.NewMsg(c.subject)
+		m.Data = b
+		if c.reattributed {
+			m.Header.Set(topology.HeaderReattributed, "true")
+		}
+		if _, err := js.PublishMsg(ctx, m); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
 		if c.refused {
@@ -108,7 +114,7 @@ func TestEmployeeNamedOnceCanonically(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return mustCounts(t, d) == [4]int{2, 0, 0, 0}, string(d)
+		return mustCounts(t, d) == [4]int{3, 0, 0, 0}, string(d)
 	})
 	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
 		n := testkit.StreamMsgs(t, js, topology.StreamDLQ)

@@ -156,7 +156,7 @@ func (b *batch) plan(subject string, data []byte, h nats.Header) ([]string, *sta
 	id := h.Get(topology.HeaderMsgID)
 	env, in, err := envelope.Decode(data)
 	if err == nil {
-		err = agree(subject, env, in)
+		err = agree(subject, env, in, h.Get(topology.HeaderReattributed) != "")
 	}
 	if err != nil {
 		out := stage.Rejected(string(env.Type), id, err)
@@ -186,25 +186,28 @@ func (b *batch) plan(subject string, data []byte, h nats.Header) ([]string, *sta
 }
 
 // agree checks that the subject, the envelope and the incident name the
-// same employee (or, unattributed, the same IP).
-func agree(subject string, env envelope.Enriched, in incident.Incident) error {
+// same employee, or the same IP: an unattributed incident, and the
+// resolution of one (reattributed), go on the IP's subject.
+func agree(subject string, env envelope.Enriched, in incident.Incident, reattributed bool) error {
 	disagree := func(format string, args ...any) error {
 		return &incident.InvalidError{Reason: incident.ReasonInvalidEnvelope, Detail: fmt.Sprintf(format, args...)}
 	}
+	named := strings.TrimPrefix(subject, "incidents.enriched.")
 	subjEmployee, subjIP, err := topology.EnrichedTarget(subject)
 	if err != nil {
 		return disagree("%v", err)
 	}
-	if env.EmployeeID == "" {
-		ip, ok := env.Addr()
-		if subjEmployee != "" || !ok || incident.IPKey(ip) != subjIP {
-			return disagree("the subject names %q, the envelope the unattributed ip %q", strings.TrimPrefix(subject, "incidents.enriched."), env.IP)
-		}
-		return nil
-	}
 	employee, _ := incident.ParseEmployeeID(env.EmployeeID)
-	if subjEmployee != employee {
-		return disagree("the subject names %q, the envelope employee %s", strings.TrimPrefix(subject, "incidents.enriched."), employee)
+	if subjIP != "" {
+		ip, ok := env.Addr()
+		switch {
+		case !ok || incident.IPKey(ip) != subjIP:
+			return disagree("the subject names %q, the envelope the ip %q", named, env.IP)
+		case employee != "" && !reattributed:
+			return disagree("the subject names the unattributed ip %q, the envelope employee %s", named, employee)
+		}
+	} else if subjEmployee != employee {
+		return disagree("the subject names %q, the envelope employee %q", named, employee)
 	}
 	if own := in.Identity.EmployeeID; own != "" && own != employee {
 		return disagree("the incident names employee %s, the envelope employee %s", own, employee)
