@@ -134,7 +134,7 @@ const tooLargeKept = 64 << 10
 func putAll(ctx context.Context, js jetstream.JetStream, bucket string, entries []rawIncident) (int, error) {
 	msgs := make([]*nats.Msg, len(entries))
 	for i, e := range entries {
-		msgs[i] = &nats.Msg{Subject: "$KV." + bucket + "." + e.id, Data: e.data}
+		msgs[i] = &nats.Msg{Subject: topology.KVSubject(bucket, e.id), Data: e.data}
 	}
 	res, err := stage.PublishAll(ctx, js, msgs)
 	done := 0

@@ -216,9 +216,9 @@ func (ps *pieces) purge(ctx context.Context, js jetstream.JetStream, keys []stri
 // purgeMsg is a purge of a view key as kv.Purge writes it, to be published
 // without waiting for each.
 func purgeMsg(key string) *nats.Msg {
-	msg := nats.NewMsg("$KV." + topology.BucketView + "." + key)
-	msg.Header.Set("KV-Operation", "PURGE")
-	msg.Header.Set("Nats-Rollup", "sub")
+	msg := nats.NewMsg(topology.KVSubject(topology.BucketView, key))
+	msg.Header.Set(topology.HeaderKVOperation, topology.KVOperationPurge)
+	msg.Header.Set(topology.HeaderRollup, topology.RollupSubject)
 	return msg
 }
 
@@ -251,7 +251,7 @@ func (ps *pieces) commit(ctx context.Context, js jetstream.JetStream, changes []
 			unnamed = append(unnamed, c.written...)
 			continue
 		}
-		msg := nats.NewMsg("$KV." + topology.BucketView + "." + c.employee)
+		msg := nats.NewMsg(topology.KVSubject(topology.BucketView, topology.EmployeeKey(c.employee)))
 		msg.Data = c.next.Encode()
 		msg.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(c.rev, 10))
 		manifests = append(manifests, msg)
@@ -416,7 +416,7 @@ func (ps *pieces) prepare(ctx context.Context, kv jetstream.KeyValue, employee s
 		for _, run := range view.Split(list) {
 			key := ps.newKey(employee)
 			data := view.EncodePiece(run)
-			writes = append(writes, &nats.Msg{Subject: "$KV." + topology.BucketView + "." + key, Data: data})
+			writes = append(writes, &nats.Msg{Subject: topology.KVSubject(topology.BucketView, key), Data: data})
 			written = append(written, key)
 			ps.remember(key, run, len(data))
 			next.Pieces = append(next.Pieces, view.RefOf(key, p, run))

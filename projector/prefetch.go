@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -70,13 +69,12 @@ const prefetchIdle = 2 * time.Second
 // the revision a write must build on; a whole document of an earlier
 // version is left out.
 func readManifests(ctx context.Context, nc *nats.Conn, employees []string) (map[string]known, error) {
-	prefix := "$KV." + topology.BucketView + "."
 	req := struct {
 		MultiLast []string `json:"multi_last"`
 		MaxBytes  int      `json:"max_bytes"`
 	}{MaxBytes: 32 << 20}
 	for _, e := range employees {
-		req.MultiLast = append(req.MultiLast, prefix+e)
+		req.MultiLast = append(req.MultiLast, topology.KVSubject(topology.BucketView, topology.EmployeeKey(e)))
 	}
 	body, err := json.Marshal(req)
 	if err != nil {
@@ -88,7 +86,7 @@ func readManifests(ctx context.Context, nc *nats.Conn, employees []string) (map[
 		return nil, fmt.Errorf("reading manifests: %w", err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+topology.BucketView, inbox, body); err != nil {
+	if err := nc.PublishRequest(topology.DirectGetSubject(topology.BucketView), inbox, body); err != nil {
 		return nil, fmt.Errorf("reading manifests: %w", err)
 	}
 	found := make(map[string]known, len(employees))
@@ -102,26 +100,26 @@ func readManifests(ctx context.Context, nc *nats.Conn, employees []string) (map[
 		if err != nil {
 			return nil, fmt.Errorf("reading manifests: %w", err)
 		}
-		switch msg.Header.Get("Status") {
+		switch msg.Header.Get(topology.HeaderStatus) {
 		case "":
 		case "404": // none of them is stored
 			return absentAsEmpty(found, answered, employees), nil
 		case "204": // the end; complete unless more were pending
-			if p := msg.Header.Get("Nats-Num-Pending"); p != "" && p != "0" {
+			if p := msg.Header.Get(topology.HeaderNumPending); p != "" && p != "0" {
 				return found, nil
 			}
 			return absentAsEmpty(found, answered, employees), nil
 		default:
-			return nil, fmt.Errorf("reading manifests: %s %s", msg.Header.Get("Status"), msg.Header.Get("Description"))
+			return nil, fmt.Errorf("reading manifests: %s %s", msg.Header.Get(topology.HeaderStatus), msg.Header.Get(topology.HeaderDescription))
 		}
-		emp, ok := strings.CutPrefix(msg.Header.Get("Nats-Subject"), prefix)
-		rev, err := strconv.ParseUint(msg.Header.Get("Nats-Sequence"), 10, 64)
+		emp, ok := topology.KVKeyOfSubject(topology.BucketView, msg.Header.Get(jetstream.SubjectHeader))
+		rev, err := strconv.ParseUint(msg.Header.Get(jetstream.SequenceHeader), 10, 64)
 		if !ok || err != nil {
 			return nil, errors.New("reading manifests: an answer without its subject or sequence")
 		}
 		answered[emp] = true
-		switch op := msg.Header.Get("KV-Operation"); {
-		case op == "DEL" || op == "PURGE":
+		switch op := msg.Header.Get(topology.HeaderKVOperation); {
+		case op == topology.KVOperationDelete || op == topology.KVOperationPurge:
 			found[emp] = known{m: &view.Manifest{}, rev: rev}
 		case view.IsManifest(msg.Data):
 			m, err := view.ParseManifest(msg.Data)

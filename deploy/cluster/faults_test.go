@@ -85,42 +85,56 @@ var clusterFaults = []clusterFault{
 // incidents listed upstream during the fault are shown while it holds, and
 // once healed the view holds everything, once.
 func TestClusterFaults(t *testing.T) {
-	for _, f := range clusterFaults {
-		t.Run(f.name, func(t *testing.T) {
-			c, _, sim, api, v := pipelineOnNetCluster(t, f.victim)
-			heal := f.inject(c, v)
-			var once sync.Once
-			defer once.Do(heal)
-			for i, emp := range []int{4243001, 4243002} {
-				ts := addIncident(t, sim, emp)
-				d := waitShown(t, api, emp, ts, 90*time.Second)
-				t.Logf("incident %d listed during the fault: shown after %s", i+1, d.Round(100*time.Millisecond))
-				limit := pollInterval + 20*time.Second
-				if f.within > 0 {
-					limit = f.within
-				}
-				if d > limit {
-					t.Errorf("incident %d listed during the fault: shown after %s, want within %s", i+1, d.Round(100*time.Millisecond), limit)
-				}
-			}
-			once.Do(heal)
-			healed := time.Now()
-			testkit.Eventually(t, 60*time.Second, func() (bool, string) {
-				n, err := countIncidents(api)
-				return err == nil && n == 2100+2, fmt.Sprintf("the view holds %d incidents (%v), want %d", n, err, 2100+2)
+	table, n := newFaultTable(t), cycles(t)
+	for cycle := range n {
+		for _, f := range clusterFaults {
+			t.Run(cycleName(f.name, cycle, n), func(t *testing.T) {
+				var shown, exact time.Duration
+				defer func() { table.add(f.name, t.Failed(), shown, exact) }()
+				shown, exact = runClusterFault(t, f)
 			})
-			exact := time.Since(healed)
-			t.Logf("exact %s after the heal", exact.Round(100*time.Millisecond))
-			if exact > 5*time.Second {
-				t.Errorf("the view was exact %s after the heal, want within 5 s", exact.Round(100*time.Millisecond))
-			}
-			// And the pipeline goes on: an incident listed after the heal.
-			ts := addIncident(t, sim, 4243003)
-			t.Logf("an incident listed after the heal: shown after %s", waitShown(t, api, 4243003, ts, 90*time.Second).Round(100*time.Millisecond))
-			testkit.Eventually(t, 30*time.Second, func() (bool, string) {
-				n, err := countIncidents(api)
-				return err == nil && n == 2100+3, fmt.Sprintf("the view holds %d incidents (%v), want %d", n, err, 2100+3)
-			})
-		})
+		}
 	}
+}
+
+// runClusterFault runs one cycle of f and returns how long the slower of
+// two incidents listed during the fault took to be shown, and how long
+// after the heal the view was exact.
+func runClusterFault(t *testing.T, f clusterFault) (shown, exact time.Duration) {
+	c, _, sim, api, v := pipelineOnNetCluster(t, f.victim)
+	heal := f.inject(c, v)
+	var once sync.Once
+	defer once.Do(heal)
+	for i, emp := range []int{4243001, 4243002} {
+		ts := addIncident(t, sim, emp)
+		d := waitShown(t, api, emp, ts, 90*time.Second)
+		shown = max(shown, d)
+		t.Logf("incident %d listed during the fault: shown after %s", i+1, d.Round(100*time.Millisecond))
+		limit := pollInterval + 20*time.Second
+		if f.within > 0 {
+			limit = f.within
+		}
+		if d > limit {
+			t.Errorf("incident %d listed during the fault: shown after %s, want within %s", i+1, d.Round(100*time.Millisecond), limit)
+		}
+	}
+	once.Do(heal)
+	healed := time.Now()
+	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
+		n, err := countIncidents(api)
+		return err == nil && n == 2100+2, fmt.Sprintf("the view holds %d incidents (%v), want %d", n, err, 2100+2)
+	})
+	exact = time.Since(healed)
+	t.Logf("exact %s after the heal", exact.Round(100*time.Millisecond))
+	if exact > 5*time.Second {
+		t.Errorf("the view was exact %s after the heal, want within 5 s", exact.Round(100*time.Millisecond))
+	}
+	// And the pipeline goes on: an incident listed after the heal.
+	ts := addIncident(t, sim, 4243003)
+	t.Logf("an incident listed after the heal: shown after %s", waitShown(t, api, 4243003, ts, 90*time.Second).Round(100*time.Millisecond))
+	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
+		n, err := countIncidents(api)
+		return err == nil && n == 2100+3, fmt.Sprintf("the view holds %d incidents (%v), want %d", n, err, 2100+3)
+	})
+	return shown, exact
 }

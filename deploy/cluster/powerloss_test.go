@@ -27,35 +27,50 @@ func TestClusterPowerLoss(t *testing.T) {
 		{"the stream leader's node", func(leader int) []int { return []int{leader} }},
 		{"all three at once", func(int) []int { return []int{0, 1, 2} }},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			c, js, sim, _, leader := pipelineOn(t, rawLeader, netSetup{lazy: true, window: 45 * time.Second})
-			testkit.Eventually(t, 90*time.Second, func() (bool, string) {
-				n := 0
-				for _, ty := range incident.Types() {
-					n += len(sim.Listed(ty))
-				}
-				return n == 0, fmt.Sprintf("the upstream still lists %d incidents", n)
+	table, n := newFaultTable(t), cycles(t)
+	for cycle := range n {
+		for _, tc := range tests {
+			t.Run(cycleName("power loss of "+tc.name, cycle, n), func(t *testing.T) {
+				var recovered time.Duration
+				defer func() { table.add("power loss of "+tc.name, t.Failed(), 0, recovered) }()
+				recovered = powerLossCycle(t, tc.nodes)
 			})
-			nodes := tc.nodes(leader)
-			for _, i := range nodes {
-				c.powerLoss(i)
-			}
-			for _, i := range nodes {
-				c.start(i)
-			}
-			// A fresh API reads the view from the servers, not from the
-			// memory of the one that served before.
-			api := pipelinetest.ServeAPI(t, natsutil.ConnectOptions{URL: c.URLs(), Name: "api-after", Logger: pipelinetest.Logger("api-after")})
-			pipelinetest.WaitExact(t, api, captureExpected(t), 120*time.Second)
-			ts := addIncident(t, sim, 4244001)
-			if os.Getenv("PIPELINETEST_LOG") != "" {
-				go traceProgress(t, js, time.Now())
-			}
-			t.Logf("after the power loss of %d node(s): a new incident shown after %s", len(nodes),
-				waitShown(t, api, 4244001, ts, 120*time.Second).Round(100*time.Millisecond))
-		})
+		}
 	}
+}
+
+// powerLossCycle runs the capture to the end of the upstream's window,
+// cuts the power of the nodes chosen by nodes (given the stream leader),
+// and returns how long after their restart the view was whole again.
+func powerLossCycle(t *testing.T, chosen func(leader int) []int) time.Duration {
+	c, js, sim, _, leader := pipelineOn(t, rawLeader, netSetup{lazy: true, window: 45 * time.Second})
+	testkit.Eventually(t, 90*time.Second, func() (bool, string) {
+		n := 0
+		for _, ty := range incident.Types() {
+			n += len(sim.Listed(ty))
+		}
+		return n == 0, fmt.Sprintf("the upstream still lists %d incidents", n)
+	})
+	nodes := chosen(leader)
+	for _, i := range nodes {
+		c.powerLoss(i)
+	}
+	for _, i := range nodes {
+		c.start(i)
+	}
+	restarted := time.Now()
+	// A fresh API reads the view from the servers, not from the memory of
+	// the one that served before.
+	api := pipelinetest.ServeAPI(t, natsutil.ConnectOptions{URL: c.URLs(), Name: "api-after", Logger: pipelinetest.Logger("api-after")})
+	pipelinetest.WaitExact(t, api, captureExpected(t), 120*time.Second)
+	recovered := time.Since(restarted)
+	ts := addIncident(t, sim, 4244001)
+	if os.Getenv("PIPELINETEST_LOG") != "" {
+		go traceProgress(t, js, time.Now())
+	}
+	t.Logf("after the power loss of %d node(s): a new incident shown after %s", len(nodes),
+		waitShown(t, api, 4244001, ts, 120*time.Second).Round(100*time.Millisecond))
+	return recovered
 }
 
 // captureExpected is the capture's expected GET /incidents document.

@@ -114,6 +114,38 @@ const CanonicalKeysKey = "migrated.canonical-ids"
 // KVStream is the name of the stream that holds a key-value bucket.
 func KVStream(bucket string) string { return "KV_" + bucket }
 
+// KV's wire format, for the writes and reads done many at a time rather
+// than through jetstream.KeyValue one round trip each (nats.go keeps these
+// names private).
+const (
+	// HeaderKVOperation marks a delete ("DEL") or purge ("PURGE") of a key.
+	HeaderKVOperation = "KV-Operation"
+	KVOperationDelete = "DEL"
+	KVOperationPurge  = "PURGE"
+	// HeaderRollup with RollupSubject makes a message replace every earlier
+	// one of its subject (how a purge drops a key's history).
+	HeaderRollup  = "Nats-Rollup"
+	RollupSubject = "sub"
+	// HeaderStatus, HeaderDescription and HeaderNumPending are on the
+	// answers of a direct get of many subjects: "404" (none), "204" (the
+	// end, and how many were left unanswered).
+	HeaderStatus      = "Status"
+	HeaderDescription = "Description"
+	HeaderNumPending  = "Nats-Num-Pending"
+)
+
+// KVSubject is the subject a put of key in bucket is published on.
+func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
+
+// KVKeyOfSubject returns the key of a subject of bucket.
+func KVKeyOfSubject(bucket, subject string) (string, bool) {
+	return strings.CutPrefix(subject, "$KV."+bucket+".")
+}
+
+// DirectGetSubject is where a direct get of a bucket's stream is asked
+// (a batch of the last messages of many subjects, "multi_last").
+func DirectGetSubject(bucket string) string { return "$JS.API.DIRECT.GET." + KVStream(bucket) }
+
 // RawSubject is the subject of raw incidents of type t.
 func RawSubject(t incident.Type) string { return rawPrefix + string(t) }
 
