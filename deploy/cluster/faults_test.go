@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -89,19 +90,20 @@ func TestClusterFaults(t *testing.T) {
 	for cycle := range n {
 		for _, f := range clusterFaults {
 			t.Run(cycleName(f.name, cycle, n), func(t *testing.T) {
-				var shown, exact time.Duration
-				defer func() { table.add(f.name, t.Failed(), shown, exact) }()
-				shown, exact = runClusterFault(t, f)
+				var shown, exact, after time.Duration
+				defer func() { table.add(f.name, t.Failed(), shown, exact, after) }()
+				shown, exact, after = runClusterFault(t, f)
 			})
 		}
 	}
 }
 
 // runClusterFault runs one cycle of f and returns how long the slower of
-// two incidents listed during the fault took to be shown, and how long
-// after the heal the view was exact.
-func runClusterFault(t *testing.T, f clusterFault) (shown, exact time.Duration) {
-	c, _, sim, api, v := pipelineOnNetCluster(t, f.victim)
+// two incidents listed during the fault took to be shown, how long after
+// the heal the view was exact, and how long an incident listed after the
+// heal took to be shown.
+func runClusterFault(t *testing.T, f clusterFault) (shown, exact, after time.Duration) {
+	c, js, sim, api, v := pipelineOnNetCluster(t, f.victim)
 	heal := f.inject(c, v)
 	var once sync.Once
 	defer once.Do(heal)
@@ -131,10 +133,14 @@ func runClusterFault(t *testing.T, f clusterFault) (shown, exact time.Duration) 
 	}
 	// And the pipeline goes on: an incident listed after the heal.
 	ts := addIncident(t, sim, 4243003)
-	t.Logf("an incident listed after the heal: shown after %s", waitShown(t, api, 4243003, ts, 90*time.Second).Round(100*time.Millisecond))
+	if os.Getenv("PIPELINETEST_LOG") != "" {
+		go traceProgress(t, js, time.Now())
+	}
+	after = waitShown(t, api, 4243003, ts, 90*time.Second)
+	t.Logf("an incident listed after the heal: shown after %s", after.Round(100*time.Millisecond))
 	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
 		n, err := countIncidents(api)
 		return err == nil && n == 2100+3, fmt.Sprintf("the view holds %d incidents (%v), want %d", n, err, 2100+3)
 	})
-	return shown, exact
+	return shown, exact, after
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +34,7 @@ func TestNodeCutOffFromItsPeers(t *testing.T) {
 	for cycle := range n {
 		t.Run(cycleName("a node cut off from its peers", cycle, n), func(t *testing.T) {
 			var shown, exact time.Duration
-			defer func() { table.add("a node cut off from its peers", t.Failed(), shown, exact) }()
+			defer func() { table.add("a node cut off from its peers", t.Failed(), shown, exact, 0) }()
 			shown, exact = cutOffCycle(t)
 		})
 	}
@@ -93,6 +94,14 @@ func addIncident(t *testing.T, sim *simulator.Server, employee int) string {
 // timestamp ts and returns how long that took.
 func waitShown(t *testing.T, api string, employee int, ts string, timeout time.Duration) time.Duration {
 	t.Helper()
+	if os.Getenv("PIPELINETEST_LOG") != "" {
+		// Where every goroutine of the pipeline stands, when it never came.
+		t.Cleanup(func() {
+			if t.Failed() {
+				_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+			}
+		})
+	}
 	start := time.Now()
 	testkit.Eventually(t, timeout, func() (bool, string) {
 		code, body, err := pipelinetest.Get(fmt.Sprintf("%s/incidents/%d", api, employee))
@@ -123,10 +132,11 @@ func countIncidents(api string) (int, error) {
 	return n, nil
 }
 
-// traceProgress logs, every half second for 20 s, where each stream and
-// consumer stands and who leads it, to see which stage waits.
+// traceProgress logs, every half second for 40 s, where each stream and
+// consumer stands (a consumer: ack floor/pending/ack pending) and who
+// leads it, to see which stage waits.
 func traceProgress(t *testing.T, js jetstream.JetStream, since time.Time) {
-	for range 40 {
+	for range 80 {
 		var parts []string
 		for _, name := range []string{topology.StreamRaw, topology.StreamEnriched, topology.KVStream(topology.BucketView)} {
 			ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
@@ -144,7 +154,7 @@ func traceProgress(t *testing.T, js jetstream.JetStream, since time.Time) {
 			cons, err := js.Consumer(ctx, c[0], c[1])
 			if err == nil {
 				info := cons.CachedInfo()
-				parts = append(parts, fmt.Sprintf("%s=%d/%d@%s", c[1], info.AckFloor.Stream, info.NumPending, info.Cluster.Leader))
+				parts = append(parts, fmt.Sprintf("%s=%d/%d/%d@%s", c[1], info.AckFloor.Stream, info.NumPending, info.NumAckPending, info.Cluster.Leader))
 			} else {
 				parts = append(parts, c[1]+"=?")
 			}

@@ -31,9 +31,9 @@ func TestClusterPowerLoss(t *testing.T) {
 	for cycle := range n {
 		for _, tc := range tests {
 			t.Run(cycleName("power loss of "+tc.name, cycle, n), func(t *testing.T) {
-				var recovered time.Duration
-				defer func() { table.add("power loss of "+tc.name, t.Failed(), 0, recovered) }()
-				recovered = powerLossCycle(t, tc.nodes)
+				var recovered, after time.Duration
+				defer func() { table.add("power loss of "+tc.name, t.Failed(), 0, recovered, after) }()
+				recovered, after = powerLossCycle(t, tc.nodes)
 			})
 		}
 	}
@@ -41,8 +41,9 @@ func TestClusterPowerLoss(t *testing.T) {
 
 // powerLossCycle runs the capture to the end of the upstream's window,
 // cuts the power of the nodes chosen by nodes (given the stream leader),
-// and returns how long after their restart the view was whole again.
-func powerLossCycle(t *testing.T, chosen func(leader int) []int) time.Duration {
+// and returns how long after their restart the view was whole again, and
+// how long an incident listed then took to be shown.
+func powerLossCycle(t *testing.T, chosen func(leader int) []int) (recovered, after time.Duration) {
 	c, js, sim, _, leader := pipelineOn(t, rawLeader, netSetup{lazy: true, window: 45 * time.Second})
 	testkit.Eventually(t, 90*time.Second, func() (bool, string) {
 		n := 0
@@ -63,14 +64,14 @@ func powerLossCycle(t *testing.T, chosen func(leader int) []int) time.Duration {
 	// the one that served before.
 	api := pipelinetest.ServeAPI(t, natsutil.ConnectOptions{URL: c.URLs(), Name: "api-after", Logger: pipelinetest.Logger("api-after")})
 	pipelinetest.WaitExact(t, api, captureExpected(t), 120*time.Second)
-	recovered := time.Since(restarted)
+	recovered = time.Since(restarted)
 	ts := addIncident(t, sim, 4244001)
 	if os.Getenv("PIPELINETEST_LOG") != "" {
 		go traceProgress(t, js, time.Now())
 	}
-	t.Logf("after the power loss of %d node(s): a new incident shown after %s", len(nodes),
-		waitShown(t, api, 4244001, ts, 120*time.Second).Round(100*time.Millisecond))
-	return recovered
+	after = waitShown(t, api, 4244001, ts, 120*time.Second)
+	t.Logf("after the power loss of %d node(s): a new incident shown after %s", len(nodes), after.Round(100*time.Millisecond))
+	return recovered, after
 }
 
 // captureExpected is the capture's expected GET /incidents document.

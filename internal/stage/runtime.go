@@ -34,7 +34,7 @@ type Options struct {
 	// RetryDelay is how long a retried message waits (default 2s).
 	RetryDelay time.Duration
 	// HandleTimeout bounds one call of the handler and the acting on its
-	// outcomes (default 20s; keep it under the consumer's AckWait).
+	// outcomes (default 20s); the batch is told in progress meanwhile.
 	HandleTimeout time.Duration
 	// Progress records stalls and failures; required.
 	Progress *Progress
@@ -95,6 +95,7 @@ type runner struct {
 func (r *runner) handle(ctx context.Context, msgs []jetstream.Msg) (stalled bool) {
 	ctx, cancel := context.WithTimeout(ctx, r.o.HandleTimeout)
 	defer cancel()
+	stop := inProgress(msgs)
 	outcomes, _, perr := r.call(ctx, msgs)
 	if perr != nil {
 		// Which message panicked is unknown: handle each alone.
@@ -109,6 +110,7 @@ func (r *runner) handle(ctx context.Context, msgs []jetstream.Msg) (stalled bool
 			outcomes[i] = out[0]
 		}
 	}
+	stop()
 	progressed := false
 	for i, m := range msgs {
 		out := outcomes[i]
@@ -142,6 +144,35 @@ func (r *runner) handle(ctx context.Context, msgs []jetstream.Msg) (stalled bool
 		r.o.Progress.OK()
 	}
 	return stalled
+}
+
+// InProgressEvery is how often the messages of a batch being handled are
+// told in progress: a third of the consumers' AckWait (10 s, topology), so
+// that a long batch is not delivered again meanwhile, while a message
+// delivered to a pull that was lost (its consumer's leader changed) comes
+// again within seconds, not half a minute.
+const InProgressEvery = 3 * time.Second
+
+// inProgress tells msgs in progress every InProgressEvery until the
+// returned stop is called.
+func inProgress(msgs []jetstream.Msg) (stop func()) {
+	done, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(InProgressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
 }
 
 // call runs the handler, turning a panic into an error (and its stack).

@@ -426,3 +426,38 @@ func TestRejectedNearMaxPayloadDeadLettersAndGoesOn(t *testing.T) {
 		t.Errorf("letter headers %v", m.Header)
 	}
 }
+
+// TestLongBatchIsNotDeliveredAgain: a batch handled for longer than the
+// consumer's AckWait is told in progress meanwhile, so it is not delivered
+// again while it is handled.
+func TestLongBatchIsNotDeliveredAgain(t *testing.T) {
+	_, js := testkit.Connect(t, testkit.JetStream(t))
+	cons := consumer(t, js, 3)
+	if got := cons.CachedInfo().Config.AckWait; got != topology.AckWait {
+		t.Fatalf("the consumer's AckWait is %s, want %s", got, topology.AckWait)
+	}
+	done := &acked{seen: map[string]int{}}
+	h := func(ctx context.Context, msgs []jetstream.Msg) []stage.Outcome {
+		for _, m := range msgs {
+			done.add(m)
+		}
+		select { // longer than AckWait
+		case <-ctx.Done():
+		case <-time.After(topology.AckWait + 3*time.Second):
+		}
+		return make([]stage.Outcome, len(msgs))
+	}
+	run(t, js, cons, h, options(js, prometheus.NewRegistry(), nil))
+	testkit.Eventually(t, 30*time.Second, func() (bool, string) {
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			return false, err.Error()
+		}
+		return info.AckFloor.Stream == 3, fmt.Sprintf("ack floor %d", info.AckFloor.Stream)
+	})
+	for _, body := range []string{"0", "1", "2"} {
+		if n := done.count(body); n != 1 {
+			t.Errorf("message %s handed to the handler %d times, want once", body, n)
+		}
+	}
+}

@@ -138,13 +138,20 @@ func ProjectorConsumer() jetstream.ConsumerConfig {
 	return durable(ConsumerProjector, EnrichedSubjects)
 }
 
+// AckWait is how long a delivered message may go unacknowledged before it
+// is delivered again: short, so that one delivered to a pull that was lost
+// (its consumer's leader changed, in a cluster) comes again within
+// seconds; the stage runtime tells a batch it handles in progress every
+// third of it.
+const AckWait = 10 * time.Second
+
 func durable(name, filter string) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       name,
 		Description:   "pipeline stage " + name,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		AckWait:       AckWait,
 		MaxDeliver:    -1, // transient failures retry; invalid input goes to the DLQ instead
 		MaxAckPending: 20000,
 		FilterSubject: filter,
