@@ -69,6 +69,12 @@ func (h *hub) publish(c change) {
 		h.base = h.kept[len(h.kept)-h.keep-1].Version
 		h.kept = append(h.kept[:0], h.kept[len(h.kept)-h.keep:]...)
 	}
+	h.send(c)
+}
+
+// send hands c to every client; one whose buffer is full is dropped. h.mu
+// is held.
+func (h *hub) send(c change) {
 	for l := range h.clients {
 		select {
 		case l.ch <- c:
@@ -85,15 +91,7 @@ func (h *hub) replace(version uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.base, h.started, h.kept = version, true, nil
-	c := change{Version: version, VersionText: strconv.FormatUint(version, 10), Reset: true}
-	for l := range h.clients {
-		select {
-		case l.ch <- c:
-		default:
-			close(l.dropped)
-			delete(h.clients, l)
-		}
-	}
+	h.send(change{Version: version, VersionText: strconv.FormatUint(version, 10), Reset: true})
 }
 
 // subscribe registers a client that last saw version last (hasLast false:

@@ -177,46 +177,92 @@ func TestStandaloneObservability(t *testing.T) {
 	}
 
 	// A real Prometheus scrapes the standalone.
+	prom := startPrometheus(t, prometheus, strings.TrimPrefix(r.URL, "http://"), false)
+	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
+		up, ok1 := prom.value(`up{job="standalone"}`)
+		n, ok2 := prom.value(`sum(incidents_view_incidents)`)
+		return ok1 && ok2 && up == 1 && n == 2100, fmt.Sprintf("up=%v (%v) incidents=%v (%v)\n%s", up, ok1, n, ok2, tail(prom.log.String()))
+	})
+}
+
+// runningPrometheus is a real Prometheus scraping one target every second.
+type runningPrometheus struct {
+	addr string
+	log  *pipelinetest.SyncBuffer
+}
+
+// startPrometheus runs bin scraping target (host:port) as job standalone
+// every second; with rules, it evaluates rules.yml every second too.
+func startPrometheus(t *testing.T, bin, target string, rules bool) *runningPrometheus {
+	t.Helper()
 	dir := t.TempDir()
-	target := strings.TrimPrefix(r.URL, "http://")
-	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: standalone\n    static_configs:\n      - targets: [%q]\n", target)
+	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: standalone\n    static_configs:\n      - targets: [%q]\n", target)
+	if rules {
+		b, err := os.ReadFile("rules.yml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "rules.yml"), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg += "rule_files:\n  - rules.yml\n"
+	}
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := testkit.FreeAddr(t)
-	prom := exec.Command(prometheus, "--config.file="+filepath.Join(dir, "prometheus.yml"),
-		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	promLog := &pipelinetest.SyncBuffer{}
-	prom.Stdout, prom.Stderr = promLog, promLog
-	if err := prom.Start(); err != nil {
+	p := &runningPrometheus{addr: testkit.FreeAddr(t), log: &pipelinetest.SyncBuffer{}}
+	cmd := exec.Command(bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+p.addr)
+	cmd.Stdout, cmd.Stderr = p.log, p.log
+	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = prom.Process.Kill(); _ = prom.Wait() })
-	query := func(q string) (float64, bool) {
-		resp, err := http.Get("http://" + addr + "/api/v1/query?query=" + url.QueryEscape(q))
-		if err != nil {
-			return 0, false
-		}
-		defer resp.Body.Close()
-		var res struct {
-			Data struct {
-				Result []struct {
-					Value []any `json:"value"`
-				} `json:"result"`
-			} `json:"data"`
-		}
-		if json.NewDecoder(resp.Body).Decode(&res) != nil || len(res.Data.Result) != 1 || len(res.Data.Result[0].Value) != 2 {
-			return 0, false
-		}
-		s, _ := res.Data.Result[0].Value[1].(string)
-		v, err := strconv.ParseFloat(s, 64)
-		return v, err == nil
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return p
+}
+
+// results runs an instant query and returns each series' labels and value.
+func (p *runningPrometheus) results(q string) ([]map[string]string, []float64, bool) {
+	resp, err := http.Get("http://" + p.addr + "/api/v1/query?query=" + url.QueryEscape(q))
+	if err != nil {
+		return nil, nil, false
 	}
-	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
-		up, ok1 := query(`up{job="standalone"}`)
-		n, ok2 := query(`sum(incidents_view_incidents)`)
-		return ok1 && ok2 && up == 1 && n == 2100, fmt.Sprintf("up=%v (%v) incidents=%v (%v)\n%s", up, ok1, n, ok2, tail(promLog.String()))
-	})
+	defer resp.Body.Close()
+	var res struct {
+		Status string
+		Data   struct {
+			Result []struct {
+				Metric map[string]string `json:"metric"`
+				Value  []any             `json:"value"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if json.NewDecoder(resp.Body).Decode(&res) != nil || res.Status != "success" {
+		return nil, nil, false
+	}
+	var labels []map[string]string
+	var values []float64
+	for _, r := range res.Data.Result {
+		if len(r.Value) != 2 {
+			return nil, nil, false
+		}
+		s, _ := r.Value[1].(string)
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return nil, nil, false
+		}
+		labels, values = append(labels, r.Metric), append(values, v)
+	}
+	return labels, values, true
+}
+
+// value runs an instant query that must give one series.
+func (p *runningPrometheus) value(q string) (float64, bool) {
+	_, v, ok := p.results(q)
+	if !ok || len(v) != 1 {
+		return 0, false
+	}
+	return v[0], true
 }
 
 func tail(s string) string {
