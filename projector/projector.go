@@ -163,7 +163,8 @@ func (b *batch) plan(subject string, data []byte, h nats.Header) ([]string, *sta
 		return nil, &out
 	}
 	ip, hasIP := env.Addr()
-	employee, _ := incident.ParseEmployeeID(env.EmployeeID) // canonical; Decode checked it
+	// Canonical; Decode checked it.
+	employee, _ := incident.ParseEmployeeID(env.EmployeeID)
 	b.bytes += 2*len(data) + 192 // the incident decoded, and its entry
 	switch {
 	case env.EmployeeID == "" && !hasIP:
