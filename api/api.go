@@ -1,7 +1,10 @@
 // Package api serves the incident view over HTTP with chi: GET /incidents
-// (every employee's document), GET /incidents/{employee_id} and
-// GET /unattributed. It watches INCIDENT_VIEW and serves bytes prepared when
-// the view changed, never computed per request.
+// (every employee's document, or a filtered page of them),
+// GET /incidents/{employee_id}, GET /unattributed, GET /risk (employees by
+// risk score, paged) and GET /risk/{employee_id}, GET /events (the view's
+// changes, as Server-Sent Events), GET /status (the pipeline's health), and
+// the analyst console at /. It watches INCIDENT_VIEW and serves bytes
+// prepared when the view changed, never computed per request.
 package api
 
 import (
