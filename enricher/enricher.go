@@ -113,7 +113,7 @@ func (e *Enricher) Run(ctx context.Context) error {
 	}
 	go e.resolveLoop(ctx, appeared)
 	stage.KeepAligned(ctx, e.js, topology.StreamRaw, topology.EnricherConsumer(), 5*time.Second, e.log)
-	go stage.TrackLag(ctx, cons, 5*time.Second, e.progress, e.metrics.pending.Set)
+	go e.metrics.lag.Track(ctx, cons, 5*time.Second, e.progress)
 	stage.Consume(ctx, cons, e.handle, stage.Options{
 		Stage:        topology.StageEnricher,
 		DLQ:          dlq.Publisher{JS: e.js, Stage: topology.StageEnricher},

@@ -5,7 +5,7 @@ import (
 
 	"github.com/incidentpipe/pipeline/internal/dlq"
 	"github.com/incidentpipe/pipeline/internal/incident"
-	"github.com/incidentpipe/pipeline/internal/telemetry"
+	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
@@ -13,7 +13,7 @@ type metrics struct {
 	enriched     *prometheus.CounterVec
 	reattributed prometheus.Counter
 	dlq          *prometheus.CounterVec
-	pending      prometheus.Gauge
+	lag          *stage.Lag
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -26,8 +26,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "incidents_reattributed_total",
 			Help: "Unattributed incidents attributed after their identity appeared.",
 		}),
-		dlq:     dlq.NewCounter(reg, topology.StageEnricher),
-		pending: telemetry.NewPendingGauge(reg, topology.ConsumerEnricher),
+		dlq: dlq.NewCounter(reg, topology.StageEnricher),
+		lag: stage.NewLag(reg, topology.ConsumerEnricher),
 	}
 	reg.MustRegister(m.enriched, m.reattributed)
 	for _, t := range incident.Types() {

@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/incidentpipe/pipeline/internal/dlq"
-	"github.com/incidentpipe/pipeline/internal/telemetry"
+	"github.com/incidentpipe/pipeline/internal/stage"
 	"github.com/incidentpipe/pipeline/internal/topology"
 )
 
@@ -12,7 +12,7 @@ type metrics struct {
 	projected *prometheus.CounterVec
 	conflicts prometheus.Counter
 	dlq       *prometheus.CounterVec
-	pending   prometheus.Gauge
+	lag       *stage.Lag
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -25,8 +25,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "incidents_view_write_conflicts_total",
 			Help: "Compare-and-set conflicts writing INCIDENT_VIEW (another projector wrote first).",
 		}),
-		dlq:     dlq.NewCounter(reg, topology.StageProjector),
-		pending: telemetry.NewPendingGauge(reg, topology.ConsumerProjector),
+		dlq: dlq.NewCounter(reg, topology.StageProjector),
+		lag: stage.NewLag(reg, topology.ConsumerProjector),
 	}
 	reg.MustRegister(m.projected, m.conflicts)
 	m.projected.WithLabelValues("added")

@@ -110,7 +110,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		return err
 	}
 	stage.KeepAligned(ctx, p.js, topology.StreamEnriched, topology.ProjectorConsumer(), 5*time.Second, p.log)
-	go stage.TrackLag(ctx, cons, 5*time.Second, p.progress, p.metrics.pending.Set)
+	go p.metrics.lag.Track(ctx, cons, 5*time.Second, p.progress)
 	go p.removeMarkers(ctx, kv)
 	go p.resumeRebuilds(ctx, kv)
 	stage.Consume(ctx, cons, func(ctx context.Context, msgs []jetstream.Msg) []stage.Outcome {

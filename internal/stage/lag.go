@@ -6,7 +6,29 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
+
+// Lag is a stage's incidents_consumer_pending_messages gauge: what its
+// durable consumer has not finished, as the server says (Track), NaN while
+// it cannot be read.
+type Lag struct{ gauge prometheus.Gauge }
+
+// NewLag registers the lag gauge of consumer on reg.
+func NewLag(reg prometheus.Registerer, consumer string) *Lag {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "incidents_consumer_pending_messages",
+		Help:        "Messages of the stream the durable consumer has not finished: not yet delivered, or delivered and not acknowledged (its lag); NaN while it cannot be read.",
+		ConstLabels: prometheus.Labels{"consumer": consumer},
+	})
+	reg.MustRegister(g)
+	return &Lag{gauge: g}
+}
+
+// Track reads the consumer's lag every interval until ctx ends (TrackLag).
+func (l *Lag) Track(ctx context.Context, c jetstream.Consumer, every time.Duration, p *Progress) {
+	TrackLag(ctx, c, every, p, l.gauge.Set)
+}
 
 // TrackLag reports, every interval until ctx ends, how many messages the
 // durable consumer has not finished: not yet delivered plus delivered and

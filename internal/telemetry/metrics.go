@@ -20,15 +20,3 @@ func NewRegistry() *prometheus.Registry {
 func MetricsHandler(g prometheus.Gatherer) http.Handler {
 	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
 }
-
-// NewPendingGauge registers incidents_consumer_pending_messages for one
-// durable consumer: the messages not yet delivered to it (its lag).
-func NewPendingGauge(reg prometheus.Registerer, consumer string) prometheus.Gauge {
-	g := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name:        "incidents_consumer_pending_messages",
-		Help:        "Messages of the stream not yet delivered to the durable consumer (its lag).",
-		ConstLabels: prometheus.Labels{"consumer": consumer},
-	})
-	reg.MustRegister(g)
-	return g
-}
