@@ -28,35 +28,40 @@ var (
 // consumer to appear before it is served as it is.
 const withoutProjector = time.Minute
 
-// bucketCreated returns when the view's bucket was created.
-func bucketCreated(ctx context.Context, js jetstream.JetStream) (time.Time, error) {
+// bucketInfo reads the view's bucket's stream: when it was created, and
+// its last write.
+func bucketInfo(ctx context.Context, js jetstream.JetStream) (*jetstream.StreamInfo, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, topology.KVStream(topology.BucketView))
 	if err != nil {
-		return time.Time{}, err
+		return nil, err
 	}
-	return st.CachedInfo().Created, nil
+	return st.CachedInfo(), nil
 }
 
 // checkBucket returns errViewGone or errViewReplaced when the bucket
-// created at created is no longer there; other errors are ignored (the
-// watch's own checks see a dead connection).
-func checkBucket(ctx context.Context, js jetstream.JetStream, created time.Time) error {
-	now, err := bucketCreated(ctx, js)
+// created at created is no longer there, else what it read of the bucket
+// (nil when it could not be read: the watch's own checks see a dead
+// connection).
+func checkBucket(ctx context.Context, js jetstream.JetStream, created time.Time) (*jetstream.StreamInfo, error) {
+	info, err := bucketInfo(ctx, js)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
-		return errViewGone
-	case err == nil && !now.Equal(created):
-		return errViewReplaced
+		return nil, errViewGone
+	case err != nil:
+		return nil, nil
+	case !info.Created.Equal(created):
+		return nil, errViewReplaced
 	}
-	return nil
+	return info, nil
 }
 
 // caughtUp reports whether a replaced view is complete: the projector's
-// consumer has nothing pending and every write to the bucket was read (or
-// no projector appeared for withoutProjector).
-func (s *store) caughtUp(ctx context.Context, js jetstream.JetStream) (bool, error) {
+// consumer has nothing pending and every write to the bucket (as bucket,
+// its stream's state, says) was read, or no projector appeared for
+// withoutProjector.
+func (s *store) caughtUp(ctx context.Context, js jetstream.JetStream, bucket *jetstream.StreamInfo) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	cons, err := js.Consumer(ctx, topology.StreamEnriched, topology.ConsumerProjector)
@@ -70,15 +75,11 @@ func (s *store) caughtUp(ctx context.Context, js jetstream.JetStream) (bool, err
 	if err != nil {
 		return false, fmt.Errorf("reading the projector's consumer: %w", err)
 	}
+	if bucket == nil {
+		return false, errors.New("the view's bucket cannot be read")
+	}
 	info := cons.CachedInfo()
-	if info.NumPending > 0 || info.NumAckPending > 0 {
-		return false, nil
-	}
-	st, err := js.Stream(ctx, topology.KVStream(topology.BucketView))
-	if err != nil {
-		return false, fmt.Errorf("reading the view's bucket: %w", err)
-	}
-	return s.revision >= st.CachedInfo().State.LastSeq, nil
+	return info.NumPending == 0 && info.NumAckPending == 0 && s.revision >= bucket.State.LastSeq, nil
 }
 
 // adopt serves the replaced view: the rankings of the old one go (their
@@ -91,5 +92,6 @@ func (s *store) adopt(created time.Time) {
 	s.employeesDirty, s.unattributedDirty, s.rerankAll = true, true, true
 	s.replaced = true
 	s.rebuild()
-	s.log.Info("serving the replaced view", "version", s.snap.Load().version, "employees", len(s.snap.Load().keys))
+	snap := s.snap.Load()
+	s.log.Info("serving the replaced view", "version", snap.version, "employees", len(snap.keys))
 }

@@ -42,6 +42,31 @@ func docAt(emp int, n [4]int, base int64) string {
 	return b.String()
 }
 
+// riskPageJSON is a page of GET /risk as a client reads it.
+type riskPageJSON struct {
+	Version   string `json:"version"`
+	Employees []struct {
+		Employee string         `json:"employee_id"`
+		Score    float64        `json:"score"`
+		Level    string         `json:"level"`
+		Counts   map[string]int `json:"counts"`
+	} `json:"employees"`
+}
+
+// getRisk GETs /risk with query from the API at url; the page is decoded
+// when the answer is 200.
+func getRisk(t *testing.T, url, query string) (riskPageJSON, *http.Response) {
+	t.Helper()
+	resp, b := do(t, http.MethodGet, url+"/risk"+query, "")
+	var p riskPageJSON
+	if resp.StatusCode == http.StatusOK {
+		if err := json.Unmarshal(b, &p); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+	}
+	return p, resp
+}
+
 func TestRiskRankingPagedAtOneVersion(t *testing.T) {
 	hs, kv, _ := serveAPI(t, Options{})
 	ctx := context.Background()
@@ -50,26 +75,7 @@ func TestRiskRankingPagedAtOneVersion(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	type page struct {
-		Version   string `json:"version"`
-		Employees []struct {
-			Employee string         `json:"employee_id"`
-			Score    float64        `json:"score"`
-			Level    string         `json:"level"`
-			Counts   map[string]int `json:"counts"`
-		} `json:"employees"`
-	}
-	get := func(query string) (page, *http.Response) {
-		t.Helper()
-		resp, b := do(t, http.MethodGet, hs.URL+"/risk"+query, "")
-		var p page
-		if resp.StatusCode == http.StatusOK {
-			if err := json.Unmarshal(b, &p); err != nil {
-				t.Fatalf("%s: %v", b, err)
-			}
-		}
-		return p, resp
-	}
+	get := func(query string) (riskPageJSON, *http.Response) { return getRisk(t, hs.URL, query) }
 	testkit.Eventually(t, 10*time.Second, func() (bool, string) {
 		p, _ := get("")
 		return len(p.Employees) == 5, fmt.Sprintf("%d employees ranked", len(p.Employees))
@@ -219,19 +225,11 @@ func TestRiskWalkSurvivesRescoringAndManyVersions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	type page struct {
-		Version   string `json:"version"`
-		Employees []struct {
-			Employee string  `json:"employee_id"`
-			Score    float64 `json:"score"`
-		} `json:"employees"`
-	}
-	get := func(query string) (page, string) {
+	get := func(query string) (riskPageJSON, string) {
 		t.Helper()
-		resp, b := do(t, http.MethodGet, hs.URL+"/risk"+query, "")
-		var p page
-		if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &p) != nil {
-			t.Fatalf("/risk%s: %d %s", query, resp.StatusCode, b)
+		p, resp := getRisk(t, hs.URL, query)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("/risk%s: %d", query, resp.StatusCode)
 		}
 		return p, resp.Header.Get("X-Next-Cursor")
 	}

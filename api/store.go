@@ -270,10 +270,11 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
 	}
-	created, err := bucketCreated(ctx, js)
+	info, err := bucketInfo(ctx, js)
 	if err != nil {
 		return fmt.Errorf("opening %s: %w", topology.BucketView, err)
 	}
+	created := info.Created
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", topology.BucketView, err)
@@ -302,11 +303,12 @@ func (s *store) watch(ctx context.Context, js jetstream.JetStream) error {
 			if js.Conn().Stats().Reconnects != reconnects {
 				return errors.New("the NATS connection reconnected: watching the view again")
 			}
-			if err := checkBucket(ctx, js, created); err != nil {
+			bucket, err := checkBucket(ctx, js, created)
+			if err != nil {
 				return err
 			}
 			if s.replacing && !initial {
-				if done, err := s.caughtUp(ctx, js); err != nil {
+				if done, err := s.caughtUp(ctx, js, bucket); err != nil {
 					s.log.Warn("cannot tell whether the replaced view is complete", "error", err)
 				} else if done {
 					s.adopt(created)

@@ -49,16 +49,13 @@ func TestFullStoreStallsVisiblyAndResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runProducers(t, p)
 
 	stalled := func() float64 {
 		return testutil.ToFloat64(p.progress.StalledGauge())
 	}
 	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
-		return p.Ready(ctx) != nil && stalled() == 1, "producers not reported stalled with the store full"
+		return p.Ready(context.Background()) != nil && stalled() == 1, "producers not reported stalled with the store full"
 	})
 	// Several more failing polls: still one line for the one stall.
 	polls := func() float64 {
@@ -78,7 +75,7 @@ func TestFullStoreStallsVisiblyAndResumes(t *testing.T) {
 	free()
 	testkit.Eventually(t, 60*time.Second, func() (bool, string) {
 		n := testkit.StreamMsgs(t, js, topology.StreamRaw)
-		return n == 50 && p.Ready(ctx) == nil && stalled() == 0, fmt.Sprintf("%d incidents stored, ready: %v", n, p.Ready(ctx))
+		return n == 50 && p.Ready(context.Background()) == nil && stalled() == 0, fmt.Sprintf("%d incidents stored, ready: %v", n, p.Ready(context.Background()))
 	})
 	if !strings.Contains(logs.String(), "stage resumed") {
 		t.Errorf("no 'stage resumed' line:\n%s", logs.String())

@@ -134,23 +134,21 @@ func (p *Producers) Run(ctx context.Context) error {
 // failureLogEvery while they go on; failures to publish are NATS's and are
 // reported by the stage's progress instead.
 func (p *Producers) every(ctx context.Context, endpoint string, f func(context.Context) error) {
-	refused, failing := 0, 0
+	refused := 0
 	var logged time.Time
 	for ctx.Err() == nil {
 		err := f(ctx)
-		if ctx.Err() == nil {
-			p.polled(endpoint, err)
+		if ctx.Err() != nil {
+			return
 		}
+		failing, before := p.polled(endpoint, err)
 		switch {
 		case err == nil:
-			if failing > 0 {
-				p.log.Info("polls succeed again", "endpoint", endpoint, "failed_polls", failing)
+			if before > 0 {
+				p.log.Info("polls succeed again", "endpoint", endpoint, "failed_polls", before)
 			}
-			refused, failing = 0, 0
-		case ctx.Err() != nil:
-			return
+			refused = 0
 		default:
-			failing++
 			if errors.Is(err, upstream.ErrUnauthorized) {
 				refused++
 			}

@@ -60,7 +60,7 @@ func (p *Producers) publishChunkRaw(ctx context.Context, t incident.Type, items 
 	subject := topology.RawSubject(t)
 	for _, r := range items {
 		if int64(len(r.data)) > limit {
-			letter := dlq.Letter{Type: string(t), ID: r.id, Subject: subject, Data: r.data[:min(len(r.data), tooLargeKept)], Size: len(r.data),
+			letter := dlq.Letter{Type: string(t), ID: r.id, Subject: subject, Data: r.data[:min(len(r.data), incident.OversizeHead)], Size: len(r.data),
 				Err: &incident.InvalidError{Reason: dlq.ReasonIncidentTooLarge, Detail: fmt.Sprintf("%d bytes; NATS carries at most %d", len(r.data), limit)}}
 			if err := p.deadLetter(ctx, letter); err != nil {
 				return stored, err
@@ -123,10 +123,6 @@ func tooLargeID(t incident.Type, sum [32]byte) string {
 
 // maxHeaderBytes is room left for a message's headers under MaxPayload.
 const maxHeaderBytes = 4096
-
-// tooLargeKept is how much of an incident too large for NATS its dead
-// letter keeps.
-const tooLargeKept = 64 << 10
 
 // putAll puts many keys of a KV bucket at once: a KV put is a publish to
 // $KV.<bucket>.<key>, so they go out together rather than one round trip

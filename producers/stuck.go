@@ -21,11 +21,13 @@ type pollState struct {
 // counts as unable to advance (in /readyz, /status and the alert).
 const StuckAfter = 3
 
-// polled records the outcome of one poll of endpoint.
-func (p *Producers) polled(endpoint string, err error) {
+// polled records the outcome of one poll of endpoint and returns how many
+// polls of it have failed in a row, now and before this one.
+func (p *Producers) polled(endpoint string, err error) (failing, before int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st := p.polls[endpoint]
+	before = st.failing
 	if err == nil {
 		st = pollState{}
 	} else {
@@ -37,6 +39,7 @@ func (p *Producers) polled(endpoint string, err error) {
 	}
 	p.polls[endpoint] = st
 	p.metrics.failing.WithLabelValues(endpoint).Set(float64(st.failing))
+	return st.failing, before
 }
 
 // Stuck returns, by endpoint, why each that cannot advance (StuckAfter

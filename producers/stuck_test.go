@@ -48,10 +48,7 @@ func TestStuckEndpointIsVisible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	runProducers(t, p)
 
 	health := &telemetry.Health{}
 	health.AddAdvisory("upstream", p.Advancing)
@@ -82,4 +79,13 @@ func TestStuckEndpointIsVisible(t *testing.T) {
 	if got := testutil.ToFloat64(p.metrics.failing.WithLabelValues(endpoint)); got != 0 {
 		t.Errorf("incidents_poll_consecutive_failures after a success = %v", got)
 	}
+}
+
+// runProducers runs p until the test ends.
+func runProducers(t *testing.T, p *Producers) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
 }

@@ -29,25 +29,28 @@ func Document(ctx context.Context, js jetstream.JetStream, employee string) ([]b
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", topology.BucketView, err)
 	}
-	return documentAt(ctx, kv, employee)
+	doc, _, err := documentAt(ctx, kv, employee)
+	return doc, err
 }
 
-// documentAt is Document of the document stored under key, as it is spelt.
-func documentAt(ctx context.Context, kv jetstream.KeyValue, employee string) ([]byte, error) {
+// documentAt is Document of the document stored under key, as it is spelt,
+// with the manifest it was read by (nil for a whole document of an earlier
+// version).
+func documentAt(ctx context.Context, kv jetstream.KeyValue, employee string) ([]byte, *view.Manifest, error) {
 	for range 20 {
 		entry, err := kv.Get(ctx, employee)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, ErrNoDocument
+			return nil, nil, ErrNoDocument
 		}
 		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", employee, err)
+			return nil, nil, fmt.Errorf("reading %s: %w", employee, err)
 		}
 		if !view.IsManifest(entry.Value()) {
-			return entry.Value(), nil // a whole document of an earlier version
+			return entry.Value(), nil, nil // a whole document of an earlier version
 		}
 		m, err := view.ParseManifest(entry.Value())
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		frags := map[string][]byte{}
 		missing := false
@@ -61,16 +64,17 @@ func documentAt(ctx context.Context, kv jetstream.KeyValue, employee string) ([]
 				break
 			}
 			if err != nil {
-				return nil, fmt.Errorf("reading %s: %w", r.Key, err)
+				return nil, nil, fmt.Errorf("reading %s: %w", r.Key, err)
 			}
 			if frags[r.Key], err = view.PieceIncidents(e.Value()); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		if missing {
 			continue // replaced meanwhile: read the new manifest
 		}
-		return view.Assemble(m, func(k string) ([]byte, bool) { b, ok := frags[k]; return b, ok })
+		doc, err := view.Assemble(m, func(k string) ([]byte, bool) { b, ok := frags[k]; return b, ok })
+		return doc, m, err
 	}
-	return nil, fmt.Errorf("reading %s: the document kept changing while read", employee)
+	return nil, nil, fmt.Errorf("reading %s: the document kept changing while read", employee)
 }

@@ -50,16 +50,9 @@ func (p *Projector) migrateKeys(ctx context.Context, kv jetstream.KeyValue) erro
 // removes it and its pieces.
 func (p *Projector) migrateKey(ctx context.Context, kv jetstream.KeyValue, key string) error {
 	canonical, _ := incident.ParseEmployeeID(key)
-	stored, err := kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil // another projector moved it
-	}
-	if err != nil {
-		return err
-	}
-	doc, err := documentAt(ctx, kv, key)
+	doc, m, err := documentAt(ctx, kv, key)
 	if errors.Is(err, ErrNoDocument) {
-		return nil
+		return nil // another projector moved it
 	}
 	if err != nil {
 		return err
@@ -78,11 +71,7 @@ func (p *Projector) migrateKey(ctx context.Context, kv jetstream.KeyValue, key s
 	if err := p.foldEntries(ctx, kv, canonical, entries); err != nil {
 		return err
 	}
-	if view.IsManifest(stored.Value()) {
-		m, err := view.ParseManifest(stored.Value())
-		if err != nil {
-			return err
-		}
+	if m != nil {
 		for _, r := range m.Pieces {
 			if !r.Inline() {
 				if err := kv.Purge(ctx, r.Key); err != nil {

@@ -341,7 +341,8 @@ type Oversize struct {
 	Sum   [32]byte // SHA-256 of its bytes, white space between tokens left out
 }
 
-// OversizeHead is how much of an Oversize element is kept.
+// OversizeHead is how much of an incident too large to be kept is kept:
+// of an Oversize element, and of one too large for NATS.
 const OversizeHead = 64 << 10
 
 // readPast reads the element at buf[pos] to its end, never holding more

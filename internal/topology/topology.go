@@ -139,7 +139,7 @@ func KVSubject(bucket, key string) string { return "$KV." + bucket + "." + key }
 
 // KVKeyOfSubject returns the key of a subject of bucket.
 func KVKeyOfSubject(bucket, subject string) (string, bool) {
-	return strings.CutPrefix(subject, "$KV."+bucket+".")
+	return strings.CutPrefix(subject, KVSubject(bucket, ""))
 }
 
 // DirectGetSubject is where a direct get of a bucket's stream is asked
